@@ -1,0 +1,122 @@
+"""Fused ops against independent references (scikit-image, SciPy, float64 NumPy)."""
+import numpy as np
+import pytest
+import scipy.integrate
+import scipy.ndimage
+import skimage.data
+import skimage.metrics
+import jax
+import jax.numpy as jnp
+
+from vqjax.ops import continuous_bernoulli as cb
+from vqjax.ops.anomaly_maps import ssim_anomaly_map
+from vqjax.ops.morphology import grey_dilation
+from vqjax.ops.ssim import ssim_map
+from vqjax.ops.vector_quantize import nearest_codes
+
+
+def _skimage_ssim_full(x, y, **kw):
+  """Full-size SSIM map per channel from scikit-image (float64)."""
+  return np.stack([skimage.metrics.structural_similarity(
+      x[..., c], y[..., c], full=True, data_range=1.0, **kw)[1] for c in range(x.shape[-1])], -1)
+
+
+def _pairs():
+  rng = np.random.default_rng(0)
+  noise = rng.random((2, 37, 45, 3))
+  real = skimage.data.astronaut()[100:228, 150:278] / 255.0
+  degraded = np.clip(scipy.ndimage.gaussian_filter(real, (1.2, 1.2, 0))
+                     + 0.05 * rng.standard_normal(real.shape), 0, 1)
+  return [("random", noise[0], noise[1]), ("real", real, degraded)]
+
+
+@pytest.mark.parametrize("name,x,y", _pairs())
+def test_ssim_map_matches_skimage_gaussian_everywhere(name, x, y):
+  # Border convention: mirrored padding ('symmetric' = scipy 'reflect'); the full map,
+  # borders included, must match scikit-image's full=True output. In float64 the formula
+  # must agree to rounding; in float32 (what runs in practice) to 1.5e-4 absolute.
+  ref = _skimage_ssim_full(x, y, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+  with jax.enable_x64(True):
+    ours64 = np.asarray(ssim_map(jnp.asarray(x[None], jnp.float64), jnp.asarray(y[None], jnp.float64),
+                                 window="gaussian", window_size=11, sigma=1.5))[0]
+  np.testing.assert_allclose(ours64, ref, atol=1e-10, err_msg=name)
+  ours32 = np.asarray(ssim_map(jnp.asarray(x[None], jnp.float32), jnp.asarray(y[None], jnp.float32),
+                               window="gaussian", window_size=11, sigma=1.5))[0]
+  assert ours32.shape == x.shape and ours32.dtype == np.float32
+  np.testing.assert_allclose(ours32, ref, atol=1.5e-4, err_msg=name)
+
+
+def test_ssim_map_matches_skimage_uniform_sample_covariance():
+  _, x, y = _pairs()[1]
+  ref = _skimage_ssim_full(x, y, win_size=15, use_sample_covariance=True)
+  with jax.enable_x64(True):
+    ours = np.asarray(ssim_map(jnp.asarray(x[None], jnp.float64), jnp.asarray(y[None], jnp.float64),
+                               window="uniform", window_size=15, sample_covariance=True))[0]
+  np.testing.assert_allclose(ours, ref, atol=1e-10)
+
+
+def test_ssim_anomaly_map_identical_images_is_zero_and_mean_over_channels():
+  x = jnp.asarray(np.random.default_rng(1).random((2, 20, 20, 3)), jnp.float32)
+  np.testing.assert_allclose(ssim_anomaly_map(x, x), 0.0, atol=1e-5)
+  y = jnp.clip(x + 0.1, 0, 1)
+  per_channel = 1 - ssim_map(x, y, window_size=7)
+  np.testing.assert_allclose(ssim_anomaly_map(x, y, window_size=7), per_channel.mean(-1), rtol=1e-6)
+  np.testing.assert_allclose(ssim_anomaly_map(x, y, window_size=7, channel_reduction="product"),
+                             per_channel.prod(-1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("size", [1, 3, 7])
+def test_grey_dilation_matches_scipy(size):
+  maps = np.random.default_rng(2).random((3, 16, 21)).astype(np.float32)
+  ref = np.stack([scipy.ndimage.grey_dilation(m, size=(size, size)) for m in maps])
+  np.testing.assert_array_equal(np.asarray(grey_dilation(jnp.asarray(maps), size)), ref)
+
+
+def test_nearest_codes_matches_brute_force_argmin():
+  rng = np.random.default_rng(3)
+  z = rng.standard_normal((2, 5, 7, 16)).astype(np.float32)
+  codebook = rng.standard_normal((64, 16)).astype(np.float32)
+  idx, q, dist = map(np.asarray, nearest_codes(jnp.asarray(z), jnp.asarray(codebook)))
+  d64 = ((z[..., None, :].astype(np.float64) - codebook.astype(np.float64)) ** 2).sum(-1)
+  np.testing.assert_array_equal(idx, d64.argmin(-1))
+  np.testing.assert_array_equal(q, codebook[idx])
+  np.testing.assert_allclose(dist, d64.min(-1), rtol=1e-5)
+  assert idx.dtype == np.int32 and dist.shape == (2, 5, 7)
+
+
+def _cb_log_prob_f64(x, lam):
+  """Textbook float64 continuous-Bernoulli log-density (Loaiza-Ganem & Cunningham, Eq. 7)."""
+  if abs(lam - 0.5) < 1e-12:
+    log_c = np.log(2.0)
+  else:
+    log_c = np.log(2 * np.arctanh(1 - 2 * lam) / (1 - 2 * lam))
+  return x * np.log(lam) + (1 - x) * np.log1p(-lam) + log_c
+
+
+LAMBDAS = [1e-4, 0.02, 0.3, 0.49, 0.4999, 0.5, 0.5003, 0.51, 0.7, 0.98, 1 - 1e-4]
+
+
+@pytest.mark.parametrize("lam", LAMBDAS)
+def test_continuous_bernoulli_log_prob_vs_float64_and_integrates_to_one(lam):
+  logit = np.log(lam) - np.log1p(-lam)
+  xs = np.linspace(0, 1, 101)
+  ours = np.asarray(cb.log_prob(jnp.asarray(xs, jnp.float32), jnp.full(xs.shape, logit, jnp.float32)))
+  ref = np.array([_cb_log_prob_f64(x, lam) for x in xs])
+  np.testing.assert_allclose(ours, ref, atol=2e-4 * max(1, abs(logit)))
+  # The density (with its normaliser) integrates to 1 over [0, 1].
+  total, _ = scipy.integrate.quad(
+      lambda x: float(np.exp(cb.log_prob(jnp.float32(x), jnp.float32(logit)))), 0, 1, limit=200)
+  assert abs(total - 1) < 1e-4
+
+
+@pytest.mark.parametrize("lam", LAMBDAS)
+def test_continuous_bernoulli_mean_vs_numerical_expectation(lam):
+  logit = np.log(lam) - np.log1p(-lam)
+  expectation, _ = scipy.integrate.quad(lambda x: x * np.exp(_cb_log_prob_f64(x, lam)), 0, 1)
+  assert abs(float(cb.mean(jnp.float32(logit))) - expectation) < 2e-5
+
+
+def test_continuous_bernoulli_gradients_finite_at_half():
+  grads = jax.grad(lambda e: jnp.sum(cb.log_prob(0.3, e) + cb.mean(e)))(
+      jnp.array([0.0, 1e-4, 0.0999, 0.1001, 5.0], jnp.float32))
+  assert np.all(np.isfinite(np.asarray(grads)))

@@ -1,0 +1,50 @@
+"""Command line: python -m vqjax.main --config configs/mvtec_vq.py [--config.key=value ...]
+
+Intentionally short: everything it does lives in importable, tested functions.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from vqjax import config_checks, experiment
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (e.g. configs/mvtec_vq.py or configs/mvtec_vq.py:paper).",
+    lock_config=True)
+
+
+def format_results(metrics_json: dict, variants) -> str:
+  rows = [(v, metrics_json[v]) for v in variants]
+  rows += [(f"baseline {k}", r) for k, r in metrics_json["baselines"].items()]
+  width = max(len(name) for name, _ in rows)
+  lines = [f"{'map':<{width}}  pixel_AUROC  image_AUROC"]
+  lines += [f"{name:<{width}}  {r['pixel_auroc']:11.4f}  {r['image_auroc']:11.4f}" for name, r in rows]
+  return "\n".join(lines)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                      stream=sys.stderr)
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError("--config is required, e.g. --config configs/mvtec_vq.py")
+  try:
+    config_checks.validate_config(config)
+  except config_checks.ConfigError as e:
+    raise app.UsageError(str(e)) from None
+  metrics_json = experiment.run(config)
+  variants = [k for k in metrics_json if k not in ("baselines", "run", "config")]
+  workdir = experiment.resolve_workdir(config)
+  print(format_results(metrics_json, variants))
+  print(f"outputs in {workdir}: metrics.json, summary.md, overlays/"
+        + (", eval_arrays.npz" if config.eval.save_arrays else ""))
+
+
+if __name__ == "__main__":
+  app.run(main)

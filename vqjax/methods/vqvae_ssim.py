@@ -1,0 +1,79 @@
+"""VQ-VAE SSIM and SSIM+AM (Gangloff et al. 2022).
+
+Loss (Eq. 4): -log p(x | z_q) under a continuous-Bernoulli decoder (mean over pixels)
++ ||sg[z_e] - e||^2 + beta ||z_e - sg[e]||^2 (means over latent elements).
+Anomaly maps: `ssim` = 1 - SSIM(x, x_hat) with x_hat the continuous-Bernoulli mean (a
+decision: the mean, not lam, is what an image-space reconstruction is); `ssim_am` =
+`ssim` x upsampled, grey-dilated alignment map (§II-C).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from vqjax.models.vqvae import VQVAE
+from vqjax.ops import continuous_bernoulli
+from vqjax.ops.anomaly_maps import ssim_anomaly_map, upsampled_alignment_map
+from vqjax.ops.morphology import grey_dilation
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class VQVAESSIM:
+  """The surface every method exposes to the trainer and the evaluator."""
+  model: VQVAE
+  beta: float
+  anomaly: ml_collections.FrozenConfigDict
+  variants: tuple[str, ...] = ("ssim", "ssim_am")
+
+  @classmethod
+  def from_config(cls, config, num_channels: int) -> "VQVAESSIM":
+    m = config.model
+    model = VQVAE(channels=m.channels, num_downsamplings=m.num_downsamplings,
+                  num_residual_layers=m.num_residual_layers, num_codes=m.num_codes,
+                  embedding_dim=m.embedding_dim, out_channels=num_channels,
+                  dtype=_DTYPES[m.dtype])
+    return cls(model=model, beta=config.loss.beta,
+               anomaly=ml_collections.FrozenConfigDict(config.anomaly))
+
+  def init(self, rng, images):
+    """Variables {'params', 'batch_stats'} for images [B,H,W,C] float32."""
+    return self.model.init(rng, images, train=False)
+
+  def loss(self, params, model_state, images, rng):
+    """images [B,H,W,C] in [0,1] -> (loss, (new_model_state, metrics))."""
+    del rng  # deterministic model
+    (logits, aux), updates = self.model.apply(
+        {"params": params, **model_state}, images, train=True, mutable=["batch_stats"])
+    nll = -jnp.mean(continuous_bernoulli.log_prob(images, logits))
+    z_e, z_q = aux["z_e"], aux["z_q"]
+    codebook_loss = jnp.mean(jnp.square(jax.lax.stop_gradient(z_e) - z_q))
+    commitment_loss = jnp.mean(jnp.square(z_e - jax.lax.stop_gradient(z_q)))
+    loss = nll + codebook_loss + self.beta * commitment_loss
+    used = jnp.zeros(self.model.num_codes).at[aux["indices"].reshape(-1)].add(1.0) > 0
+    metrics = dict(loss=loss, nll=nll, codebook_loss=codebook_loss,
+                   commitment_loss=commitment_loss, codebook_usage=jnp.mean(used))
+    return loss, (updates, metrics)
+
+  def predict(self, variables, images):
+    """images [B,H,W,C] in [0,1] -> dict(reconstructions [B,H,W,C], maps {variant: [B,H,W]},
+    indices [B,h,w]). Higher map values = more anomalous."""
+    a = self.anomaly
+    logits, aux = self.model.apply(variables, images, train=False)
+    reconstructions = continuous_bernoulli.mean(logits)
+    sm = ssim_anomaly_map(images, reconstructions, channel_reduction=a.ssim_channel_reduction,
+                          window=a.ssim_window, window_size=a.ssim_window_size,
+                          sigma=a.ssim_sigma, k1=a.ssim_k1, k2=a.ssim_k2, data_range=1.0,
+                          sample_covariance=a.ssim_sample_covariance)
+    # UCSD-Ped1 (§III-C) also dilates SM; 1 = off.
+    sm = grey_dilation(sm, a.ssim_dilation)
+    height, width = images.shape[1:3]
+    am = upsampled_alignment_map(aux["alignment"], height, width, method=a.am_upsample,
+                                 dilation=a.am_dilation)
+    maps = {"ssim": sm, "ssim_am": sm * am}
+    return dict(reconstructions=reconstructions, maps={v: maps[v] for v in self.variants},
+                indices=aux["indices"])

@@ -1,0 +1,31 @@
+"""Device mesh and host->device batch placement (data parallel over a `data` axis)."""
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+
+def make_data_mesh() -> Mesh:
+  """1-D mesh over every device of every process; batches are split along `data`."""
+  return jax.make_mesh((jax.device_count(),), ("data",))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P("data"))
+
+
+def put_global_batch(batch: np.ndarray, mesh: Mesh) -> jax.Array:
+  """Places this process's share of a global batch [B,...] (identical on all processes).
+
+  Each process reads only its contiguous slice, so the same host code runs on 1 CPU,
+  8 GPUs or many hosts (`jax.distributed`).
+  """
+  per_process = batch.shape[0] // jax.process_count()
+  start = jax.process_index() * per_process
+  local = batch[start:start + per_process]
+  return jax.make_array_from_process_local_data(batch_sharded(mesh), local, batch.shape)
