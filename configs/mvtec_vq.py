@@ -23,20 +23,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   config.data.root = config_dict.placeholder(str)  # unset: embedded demo data
-  config.data.category = "grass"
+  config.data.category = "brick"
   config.data.image_size = 64
   config.data.val_fraction = 0.1
 
   config.model = ml_collections.ConfigDict()
-  config.model.channels = 64
+  config.model.channels = 32
   config.model.num_downsamplings = 2
   config.model.num_residual_layers = 3
   config.model.num_codes = 128
-  config.model.embedding_dim = 64
+  config.model.embedding_dim = 32
   config.model.dtype = "float32"  # or "bfloat16" (compute dtype; params, BN stay float32)
 
   config.loss = ml_collections.ConfigDict()
   config.loss.beta = 0.25  # commitment weight; paper silent, van den Oord's value
+  # Codes used < threshold/K of the time (moving average) restart on an encoder output;
+  # not in the paper, counters codebook collapse (0 = off).
+  config.loss.dead_code_threshold = 0.1
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 16

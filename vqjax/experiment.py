@@ -21,6 +21,10 @@ _RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.checkpoint_every
                    "train.max_checkpoints", "eval", "workdir")
 
 
+class UserInputError(ValueError):
+  """Bad data folder or workdir: the message says which file/folder and what was expected."""
+
+
 def resolve_workdir(config) -> pathlib.Path:
   """config.workdir with '{category}' and '{method}' filled in."""
   return pathlib.Path(config.workdir.format(category=config.data.category, method=config.method))
@@ -46,7 +50,7 @@ def check_workdir(workdir: pathlib.Path, config_dict: dict) -> None:
                    and not any(k == r or k.startswith(r + ".") for r in _RESUMABLE_KEYS))
   if changed and (workdir / "checkpoints").exists():
     details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
-    raise ValueError(f"workdir {workdir} holds checkpoints of a run with other settings "
+    raise UserInputError(f"workdir {workdir} holds checkpoints of a run with other settings "
                      f"({details}). Pass a new --config.workdir, or delete that folder to start over.")
 
 
@@ -56,14 +60,17 @@ def load_data(config) -> tuple[mvtec.Dataset, str]:
     logger.info("data.root is unset: using the embedded demo dataset (synthetic defects on "
                 "scikit-image texture photographs) at %s", root)
     if config.data.category not in demo.DEMO_CATEGORIES:
-      raise ValueError(f"config.data.category = {config.data.category!r} is not in the embedded "
+      raise UserInputError(f"config.data.category = {config.data.category!r} is not in the embedded "
                        f"demo data; choose one of {list(demo.DEMO_CATEGORIES)} or set data.root")
     source = f"embedded demo ({root})"
   else:
     root = pathlib.Path(config.data.root).expanduser()
     source = str(root)
-  dataset = mvtec.load_mvtec(root, config.data.category, config.data.image_size,
-                             val_fraction=config.data.val_fraction, seed=config.seed)
+  try:
+    dataset = mvtec.load_mvtec(root, config.data.category, config.data.image_size,
+                               val_fraction=config.data.val_fraction, seed=config.seed)
+  except (FileNotFoundError, ValueError) as e:
+    raise UserInputError(f"config.data.root / data.category: {e}") from e
   return dataset, source
 
 

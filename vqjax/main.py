@@ -7,7 +7,8 @@ from __future__ import annotations
 import logging
 import sys
 
-from absl import app, flags
+from absl import app
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from vqjax import config_checks, experiment
@@ -29,16 +30,27 @@ def format_results(metrics_json: dict, variants) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
-                      stream=sys.stderr)
+  # Our progress messages at INFO; libraries (orbax, absl) only when something is wrong.
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  handler = logging.StreamHandler(sys.stderr)
+  handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+  vqjax_logger = logging.getLogger("vqjax")
+  vqjax_logger.addHandler(handler)
+  vqjax_logger.setLevel(logging.INFO)
+  vqjax_logger.propagate = False
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config is required, e.g. --config configs/mvtec_vq.py")
   try:
     config_checks.validate_config(config)
   except config_checks.ConfigError as e:
-    raise app.UsageError(str(e)) from None
-  metrics_json = experiment.run(config)
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(2) from None
+  try:
+    metrics_json = experiment.run(config)
+  except experiment.UserInputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    raise SystemExit(2) from None
   variants = [k for k in metrics_json if k not in ("baselines", "run", "config")]
   workdir = experiment.resolve_workdir(config)
   print(format_results(metrics_json, variants))

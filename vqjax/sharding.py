@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 
 def make_data_mesh() -> Mesh:
-  """1-D mesh over every device of every process; batches are split along `data`."""
-  return jax.make_mesh((jax.device_count(),), ("data",))
+  """1-D mesh over every device of every process; batches are split along `data`.
+
+  Auto axis: the compiler propagates shardings from the inputs (batch split, params
+  replicated), so model code never needs sharding annotations.
+  """
+  return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -63,8 +63,10 @@ def make_train_step(method, optimizer) -> Callable:
     (_, (model_state, metrics)), grads = grad_fn(state.params, state.model_state, images, rng)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads),
-                   param_norm=optax.global_norm(params), update_norm=optax.global_norm(updates))
+    if hasattr(method, "post_update"):  # e.g. VQ dead-code restarts
+      params, model_state = method.post_update(params, model_state)
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads),
+                   param_norm=optax.tree.norm(params), update_norm=optax.tree.norm(updates))
     return TrainState(step=state.step + 1, params=params, model_state=model_state,
                       opt_state=opt_state), metrics
 

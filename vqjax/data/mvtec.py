@@ -14,275 +14,268 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import os
 import pathlib
 
 import numpy as np
 from PIL import Image
 
-IMAGE_EXTENSIONS = frozenset({'.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff'})
-NORMAL_DEFECT = 'good'
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+NORMAL_DEFECT = "good"
 
 # Greyscale modes that stay single-channel; the 16-bit ones are scaled to 8 bits.
-_SIXTEEN_BIT_MODES = frozenset({'I', 'I;16', 'I;16L', 'I;16B', 'I;16N'})
-_GREY_MODES = frozenset({'L'}) | _SIXTEEN_BIT_MODES
+_SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
+_GREY_MODES = frozenset({"L"}) | _SIXTEEN_BIT_MODES
 
 _EXPECTED_LAYOUT = (
-    'expected MVTec AD layout:\n'
-    '  <root>/<category>/train/good/*.png\n'
+    "expected MVTec AD layout:\n"
+    "  <root>/<category>/train/good/*.png\n"
     "  <root>/<category>/test/<defect>/*.png   (defect 'good' = normal)\n"
-    '  <root>/<category>/ground_truth/<defect>/<stem>_mask.png'
+    "  <root>/<category>/ground_truth/<defect>/<stem>_mask.png"
 )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq=False: arrays have no boolean ==
 class Split:
-    """One split of a category, fully decoded.
+  """One split of a category, fully decoded.
 
-    images: [N,H,W,C] uint8, C in {1,3}.
-    masks:  [N,H,W] bool, True = anomalous pixel; all False for normal images.
-    labels: [N] int32, 0 = normal, 1 = anomalous.
-    names:  N paths relative to <root>/<category>, e.g. 'test/scratch/003.png'.
-    """
+  images: [N,H,W,C] uint8, C in {1,3}.
+  masks:  [N,H,W] bool, True = anomalous pixel; all False for normal images.
+  labels: [N] int32, 0 = normal, 1 = anomalous.
+  names:  N paths relative to <root>/<category>, e.g. 'test/scratch/003.png'.
+  """
 
-    images: np.ndarray
-    masks: np.ndarray
-    labels: np.ndarray
-    names: tuple[str, ...]
+  images: np.ndarray
+  masks: np.ndarray
+  labels: np.ndarray
+  names: tuple[str, ...]
 
-    def __post_init__(self):
-        n = len(self.names)
-        if self.images.ndim != 4 or self.images.shape[0] != n:
-            raise ValueError(f'Split.images must be [N={n},H,W,C], got {self.images.shape}')
-        if self.masks.shape != self.images.shape[:3]:
-            raise ValueError(f'Split.masks must be {self.images.shape[:3]}, got {self.masks.shape}')
-        if self.labels.shape != (n,):
-            raise ValueError(f'Split.labels must be [{n}], got {self.labels.shape}')
+  def __post_init__(self):
+    n = len(self.names)
+    if self.images.ndim != 4 or self.images.shape[0] != n:
+      raise ValueError(f"Split.images must be [N={n},H,W,C], got {self.images.shape}")
+    if self.masks.shape != self.images.shape[:3]:
+      raise ValueError(f"Split.masks must be {self.images.shape[:3]}, got {self.masks.shape}")
+    if self.labels.shape != (n,):
+      raise ValueError(f"Split.labels must be [{n}], got {self.labels.shape}")
 
-    def __len__(self) -> int:
-        return len(self.names)
+  def __len__(self) -> int:
+    return len(self.names)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
-    """A category: train and val (disjoint slices of train/good) and the test split."""
+  """A category: train and val (disjoint slices of train/good) and the test split."""
 
-    category: str
-    train: Split
-    val: Split
-    test: Split
+  category: str
+  train: Split
+  val: Split
+  test: Split
 
-    @property
-    def num_channels(self) -> int:
-        return int(self.train.images.shape[-1])
+  @property
+  def num_channels(self) -> int:
+    return int(self.train.images.shape[-1])
 
 
 def list_categories(root) -> list[str]:
-    """Sorted names of the sub-folders of `root` that contain train/good."""
-    root = pathlib.Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f'MVTec root folder {root} does not exist; {_EXPECTED_LAYOUT}')
-    return sorted(
-        entry.name for entry in root.iterdir()
-        if not entry.name.startswith('.') and (entry / 'train' / NORMAL_DEFECT).is_dir()
-    )
+  """Sorted names of the sub-folders of `root` that contain train/good."""
+  root = pathlib.Path(root)
+  if not root.is_dir():
+    raise FileNotFoundError(f"MVTec root folder {root} does not exist; {_EXPECTED_LAYOUT}")
+  return sorted(
+      entry.name for entry in root.iterdir()
+      if not entry.name.startswith(".") and (entry / "train" / NORMAL_DEFECT).is_dir()
+  )
 
 
 def load_mvtec(root, category: str, image_size: int, val_fraction: float = 0.1,
                seed: int = 0) -> Dataset:
-    """Load one category, resized to [image_size, image_size].
+  """Load one category, resized to [image_size, image_size].
 
-    The validation split is a seeded random slice of train/good (never test images);
-    its size is max(1, round(val_fraction * n)) when val_fraction > 0 and n >= 2, else 0.
-    """
-    _check_image_size(image_size)
-    _check_val_fraction(val_fraction)
-    root = pathlib.Path(root)
-    category_dir = _category_dir(root, category)
+  The validation split is a seeded random slice of train/good (never test images);
+  its size is max(1, round(val_fraction * n)) when val_fraction > 0 and n >= 2, else 0.
+  """
+  _check_image_size(image_size)
+  _check_val_fraction(val_fraction)
+  root = pathlib.Path(root)
+  category_dir = _category_dir(root, category)
 
-    train_paths = _image_files(category_dir / 'train' / NORMAL_DEFECT, category_dir)
-    num_channels = 1 if _read_image(train_paths[0]).mode in _GREY_MODES else 3
-    train_good = _load_split(category_dir, [(p, None) for p in train_paths], image_size,
-                             num_channels)
+  train_paths = _image_files(category_dir / "train" / NORMAL_DEFECT, category_dir)
+  num_channels = 1 if _read_image(train_paths[0]).mode in _GREY_MODES else 3
+  train_good = _load_split(category_dir, [(p, None) for p in train_paths], image_size,
+                           num_channels)
 
-    test_items = _test_items(category_dir)
-    test = _load_split(category_dir, test_items, image_size, num_channels)
+  test_items = _test_items(category_dir)
+  test = _load_split(category_dir, test_items, image_size, num_channels)
 
-    val_index, train_index = _val_train_indices(len(train_good), val_fraction, seed)
-    return Dataset(category=category, train=_take(train_good, train_index),
-                   val=_take(train_good, val_index), test=test)
+  val_index, train_index = _val_train_indices(len(train_good), val_fraction, seed)
+  return Dataset(category=category, train=_take(train_good, train_index),
+                 val=_take(train_good, val_index), test=test)
 
 
 # --- argument checks -------------------------------------------------------------------
 
 
 def _check_image_size(image_size) -> None:
-    if (isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral)
-            or image_size < 8):
-        raise ValueError(f'data.image_size must be an int >= 8, got {image_size!r}')
+  if (isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral)
+          or image_size < 8):
+    raise ValueError(f"data.image_size must be an int >= 8, got {image_size!r}")
 
 
 def _check_val_fraction(val_fraction) -> None:
-    ok = (isinstance(val_fraction, numbers.Real) and not isinstance(val_fraction, bool)
-          and math.isfinite(val_fraction) and 0.0 <= val_fraction <= 0.5)
-    if not ok:
-        raise ValueError(f'data.val_fraction must be a number in [0, 0.5], got {val_fraction!r}')
+  ok = (isinstance(val_fraction, numbers.Real) and not isinstance(val_fraction, bool)
+        and math.isfinite(val_fraction) and 0.0 <= val_fraction <= 0.5)
+  if not ok:
+    raise ValueError(f"data.val_fraction must be a number in [0, 0.5], got {val_fraction!r}")
 
 
 # --- folder discovery ------------------------------------------------------------------
 
 
 def _category_dir(root: pathlib.Path, category: str) -> pathlib.Path:
-    found = list_categories(root)  # raises if root is missing
-    category_dir = root / category
-    if not category_dir.is_dir():
-        raise FileNotFoundError(
-            f'category folder {category_dir} does not exist; categories found under {root}: '
-            f'{found or "none"}; {_EXPECTED_LAYOUT}')
-    return category_dir
+  found = list_categories(root)  # raises if root is missing
+  category_dir = root / category
+  if not category_dir.is_dir():
+    raise FileNotFoundError(
+        f"category folder {category_dir} does not exist; categories found under {root}: "
+        f'{found or "none"}; {_EXPECTED_LAYOUT}')
+  return category_dir
 
 
 def _is_image_file(path: pathlib.Path) -> bool:
-    return (not path.name.startswith('.') and path.suffix.lower() in IMAGE_EXTENSIONS
-            and path.is_file())
+  return (not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+          and path.is_file())
 
 
 def _image_files(folder: pathlib.Path, category_dir: pathlib.Path) -> list[pathlib.Path]:
-    """Sorted image files of a folder that must exist and hold at least one image."""
-    if not folder.is_dir():
-        raise FileNotFoundError(f'folder {folder} does not exist in {category_dir}; '
-                                f'{_EXPECTED_LAYOUT}')
-    files = sorted((p for p in folder.iterdir() if _is_image_file(p)), key=lambda p: p.name)
-    if not files:
-        raise FileNotFoundError(
-            f'folder {folder} holds no images (extensions {sorted(IMAGE_EXTENSIONS)}); '
-            f'{_EXPECTED_LAYOUT}')
-    return files
+  """Sorted image files of a folder that must exist and hold at least one image."""
+  if not folder.is_dir():
+    raise FileNotFoundError(f"folder {folder} does not exist in {category_dir}; "
+                            f"{_EXPECTED_LAYOUT}")
+  files = sorted((p for p in folder.iterdir() if _is_image_file(p)), key=lambda p: p.name)
+  if not files:
+    raise FileNotFoundError(
+        f"folder {folder} holds no images (extensions {sorted(IMAGE_EXTENSIONS)}); "
+        f"{_EXPECTED_LAYOUT}")
+  return files
 
 
 def _test_items(category_dir: pathlib.Path) -> list[tuple[pathlib.Path, pathlib.Path | None]]:
-    """(image, mask or None) for every test image, sorted by defect folder then file name."""
-    test_dir = category_dir / 'test'
-    if not test_dir.is_dir():
-        raise FileNotFoundError(f'folder {test_dir} does not exist; {_EXPECTED_LAYOUT}')
-    defect_dirs = sorted((d for d in test_dir.iterdir()
-                          if d.is_dir() and not d.name.startswith('.')), key=lambda d: d.name)
-    items = []
-    for defect_dir in defect_dirs:
-        for image_path in sorted((p for p in defect_dir.iterdir() if _is_image_file(p)),
-                                 key=lambda p: p.name):
-            is_normal = defect_dir.name == NORMAL_DEFECT
-            items.append((image_path, None if is_normal else _mask_path(category_dir, image_path)))
-    if not items:
-        raise FileNotFoundError(f'folder {test_dir} holds no images in any <defect> sub-folder; '
-                                f'{_EXPECTED_LAYOUT}')
-    return items
+  """(image, mask or None) for every test image, sorted by defect folder then file name."""
+  test_dir = category_dir / "test"
+  if not test_dir.is_dir():
+    raise FileNotFoundError(f"folder {test_dir} does not exist; {_EXPECTED_LAYOUT}")
+  defect_dirs = sorted((d for d in test_dir.iterdir()
+                        if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
+  items = []
+  for defect_dir in defect_dirs:
+    for image_path in sorted((p for p in defect_dir.iterdir() if _is_image_file(p)),
+                             key=lambda p: p.name):
+      is_normal = defect_dir.name == NORMAL_DEFECT
+      items.append((image_path, None if is_normal else _mask_path(category_dir, image_path)))
+  if not items:
+    raise FileNotFoundError(f"folder {test_dir} holds no images in any <defect> sub-folder; "
+                            f"{_EXPECTED_LAYOUT}")
+  return items
 
 
 def _mask_path(category_dir: pathlib.Path, image_path: pathlib.Path) -> pathlib.Path:
-    """ground_truth/<defect>/<stem>_mask.png, or the same stem with another image extension."""
-    mask_dir = category_dir / 'ground_truth' / image_path.parent.name
-    expected = mask_dir / f'{image_path.stem}_mask.png'
-    if expected.is_file():
-        return expected
-    if mask_dir.is_dir():
-        for candidate in sorted(mask_dir.iterdir()):
-            if candidate.stem == expected.stem and _is_image_file(candidate):
-                return candidate
-    raise FileNotFoundError(
-        f'defective test image {image_path} has no ground-truth mask; expected {expected}')
+  """ground_truth/<defect>/<stem>_mask.png, or the same stem with another image extension."""
+  mask_dir = category_dir / "ground_truth" / image_path.parent.name
+  expected = mask_dir / f"{image_path.stem}_mask.png"
+  if expected.is_file():
+    return expected
+  if mask_dir.is_dir():
+    for candidate in sorted(mask_dir.iterdir()):
+      if candidate.stem == expected.stem and _is_image_file(candidate):
+        return candidate
+  raise FileNotFoundError(
+      f"defective test image {image_path} has no ground-truth mask; expected {expected}")
 
 
 # --- decoding --------------------------------------------------------------------------
 
 
 def _read_image(path: pathlib.Path) -> Image.Image:
-    """Fully decoded PIL image; ValueError naming the file if it cannot be decoded."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy() if image.mode != 'P' else image.convert('RGBA')
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        raise ValueError(f'cannot decode image file {path}: {error}') from error
+  """Fully decoded PIL image; ValueError naming the file if it cannot be decoded."""
+  try:
+    with Image.open(path) as image:
+      image.load()  # decode now, so a truncated file fails here, naming the file
+      return image
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+    raise ValueError(f"cannot decode image file {path}: {error}") from error
 
 
 def _to_eight_bit_grey(image: Image.Image) -> Image.Image:
-    """Mode 'L' image; 16-bit greyscale is scaled from [0, 65535] to [0, 255]."""
-    if image.mode in _SIXTEEN_BIT_MODES:
-        values = np.asarray(image).astype(np.float64)
-        return Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8))
-    return image.convert('L')
+  """Mode 'L' image; 16-bit greyscale is scaled from [0, 65535] to [0, 255]."""
+  if image.mode in _SIXTEEN_BIT_MODES:
+    values = np.asarray(image).astype(np.float64)
+    return Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8))
+  return image.convert("L")
 
 
 def _image_array(image: Image.Image, num_channels: int, image_size: int) -> np.ndarray:
-    """[image_size, image_size, num_channels] uint8, bilinear resize."""
-    if num_channels == 1:
-        image = _to_eight_bit_grey(image)
-    elif image.mode in _SIXTEEN_BIT_MODES:
-        image = _to_eight_bit_grey(image).convert('RGB')
-    else:
-        image = image.convert('RGB')  # also drops alpha and handles P/CMYK/LA
-    resized = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
-    return np.asarray(resized, dtype=np.uint8).reshape(image_size, image_size, num_channels)
+  """[image_size, image_size, num_channels] uint8, bilinear resize."""
+  if num_channels == 1:
+    image = _to_eight_bit_grey(image)
+  elif image.mode in _SIXTEEN_BIT_MODES:
+    image = _to_eight_bit_grey(image).convert("RGB")
+  else:
+    image = image.convert("RGB")  # also drops alpha and handles P/CMYK/LA
+  resized = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+  return np.asarray(resized, dtype=np.uint8).reshape(image_size, image_size, num_channels)
 
 
 def _binarise_mask(image: Image.Image) -> np.ndarray:
-    """[H,W] bool at the mask's own resolution.
+  """[H,W] bool at the mask's own resolution.
 
-    Mode '1': any set pixel. 8-bit: > 127 (MVTec masks are 0/255; the midpoint is robust
-    to anti-aliased or JPEG-ish edges). 16-bit: > 32767. A mask whose maximum is 1 is a 0/1
-    label image, so there any nonzero value counts.
-    """
-    if image.mode == '1':
-        return np.asarray(image, dtype=bool)
-    if image.mode in _SIXTEEN_BIT_MODES:
-        values, midpoint = np.asarray(image), 32767
-    else:
-        values, midpoint = np.asarray(image.convert('L')), 127
-    if values.max(initial=0) <= 1:
-        return values > 0
-    return values > midpoint
+  Mode '1': any set pixel. 8-bit: > 127 (MVTec masks are 0/255; the midpoint is robust
+  to anti-aliased or JPEG-ish edges). 16-bit: > 32767. A mask whose maximum is 1 is a 0/1
+  label image, so there any nonzero value counts.
+  """
+  if image.mode == "1":
+    return np.asarray(image, dtype=bool)
+  if image.mode in _SIXTEEN_BIT_MODES:
+    values, midpoint = np.asarray(image), 32767
+  else:
+    values, midpoint = np.asarray(image.convert("L")), 127
+  if values.max(initial=0) <= 1:
+    return values > 0
+  return values > midpoint
 
 
 def _mask_array(mask_path: pathlib.Path, image_size: int) -> np.ndarray:
-    """[image_size, image_size] bool: binarised at full resolution, then NEAREST resize."""
-    binary = _binarise_mask(_read_image(mask_path)).astype(np.uint8) * 255
-    resized = Image.fromarray(binary).resize((image_size, image_size), Image.Resampling.NEAREST)
-    return np.asarray(resized) > 0
+  """[image_size, image_size] bool: binarised at full resolution, then NEAREST resize."""
+  binary = _binarise_mask(_read_image(mask_path)).astype(np.uint8) * 255
+  resized = Image.fromarray(binary).resize((image_size, image_size), Image.Resampling.NEAREST)
+  return np.asarray(resized) > 0
 
 
 def _load_split(category_dir: pathlib.Path, items, image_size: int, num_channels: int) -> Split:
-    """items: (image path, mask path or None for a normal image)."""
-    n = len(items)
-    images = np.zeros((n, image_size, image_size, num_channels), np.uint8)
-    masks = np.zeros((n, image_size, image_size), bool)
-    labels = np.zeros((n,), np.int32)
-    for i, (image_path, mask_path) in enumerate(items):
-        images[i] = _image_array(_read_image(image_path), num_channels, image_size)
-        if mask_path is not None:
-            masks[i] = _mask_array(mask_path, image_size)
-            labels[i] = 1
-    names = tuple(p.relative_to(category_dir).as_posix() for p, _ in items)
-    return Split(images=images, masks=masks, labels=labels, names=names)
+  """items: (image path, mask path or None for a normal image)."""
+  n = len(items)
+  images = np.zeros((n, image_size, image_size, num_channels), np.uint8)
+  masks = np.zeros((n, image_size, image_size), bool)
+  labels = np.zeros((n,), np.int32)
+  for i, (image_path, mask_path) in enumerate(items):
+    images[i] = _image_array(_read_image(image_path), num_channels, image_size)
+    if mask_path is not None:
+      masks[i] = _mask_array(mask_path, image_size)
+      labels[i] = 1
+  names = tuple(p.relative_to(category_dir).as_posix() for p, _ in items)
+  return Split(images=images, masks=masks, labels=labels, names=names)
 
 
 # --- validation slice ------------------------------------------------------------------
 
 
 def _val_train_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted (val, train) indices into train/good; deterministic from `seed`."""
-    num_val = max(1, round(val_fraction * n)) if (val_fraction > 0 and n >= 2) else 0
-    num_val = min(num_val, n - 1) if n >= 2 else 0  # always keep >= 1 training image
-    permutation = np.random.default_rng(seed).permutation(n)
-    return np.sort(permutation[:num_val]), np.sort(permutation[num_val:])
+  """Sorted (val, train) indices into train/good; deterministic from `seed`."""
+  num_val = max(1, round(val_fraction * n)) if (val_fraction > 0 and n >= 2) else 0
+  permutation = np.random.default_rng(seed).permutation(n)
+  return np.sort(permutation[:num_val]), np.sort(permutation[num_val:])
 
 
 def _take(split: Split, index: np.ndarray) -> Split:
-    return Split(images=split.images[index], masks=split.masks[index],
-                 labels=split.labels[index], names=tuple(split.names[i] for i in index))
+  return Split(images=split.images[index], masks=split.masks[index],
+               labels=split.labels[index], names=tuple(split.names[i] for i in index))
 
-
-__all__ = ['Dataset', 'Split', 'list_categories', 'load_mvtec', 'IMAGE_EXTENSIONS']
-
-# os is imported for callers that pass os.PathLike roots; keep linters quiet.
-del os

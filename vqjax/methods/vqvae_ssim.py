@@ -20,6 +20,7 @@ from vqjax.ops.anomaly_maps import ssim_anomaly_map, upsampled_alignment_map
 from vqjax.ops.morphology import grey_dilation
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_USAGE_DECAY = 0.99  # per-step decay of the code-usage moving average (~100-step memory)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +29,7 @@ class VQVAESSIM:
   model: VQVAE
   beta: float
   anomaly: ml_collections.FrozenConfigDict
+  dead_code_threshold: float = 0.0
   variants: tuple[str, ...] = ("ssim", "ssim_am")
 
   @classmethod
@@ -38,32 +40,62 @@ class VQVAESSIM:
                   embedding_dim=m.embedding_dim, out_channels=num_channels,
                   dtype=_DTYPES[m.dtype])
     return cls(model=model, beta=config.loss.beta,
-               anomaly=ml_collections.FrozenConfigDict(config.anomaly))
+               anomaly=ml_collections.FrozenConfigDict(config.anomaly),
+               dead_code_threshold=config.loss.dead_code_threshold)
 
   def init(self, rng, images):
-    """Variables {'params', 'batch_stats'} for images [B,H,W,C] float32."""
-    return self.model.init(rng, images, train=False)
+    """Variables {'params', 'batch_stats', 'vq_stats'} for images [B,H,W,C] float32.
+
+    vq_stats: usage [K] = moving average of the fraction of latent positions assigned to
+    each code (starts uniform); candidates [K,D] = encoder outputs of the latest batch.
+    """
+    variables = dict(self.model.init(rng, images, train=False))
+    k, d = self.model.num_codes, self.model.embedding_dim
+    variables["vq_stats"] = {"usage": jnp.full((k,), 1.0 / k), "candidates": jnp.zeros((k, d))}
+    return variables
 
   def loss(self, params, model_state, images, rng):
     """images [B,H,W,C] in [0,1] -> (loss, (new_model_state, metrics))."""
-    del rng  # deterministic model
     (logits, aux), updates = self.model.apply(
-        {"params": params, **model_state}, images, train=True, mutable=["batch_stats"])
+        {"params": params, "batch_stats": model_state["batch_stats"]}, images, train=True,
+        mutable=["batch_stats"])
     nll = -jnp.mean(continuous_bernoulli.log_prob(images, logits))
     z_e, z_q = aux["z_e"], aux["z_q"]
     codebook_loss = jnp.mean(jnp.square(jax.lax.stop_gradient(z_e) - z_q))
     commitment_loss = jnp.mean(jnp.square(z_e - jax.lax.stop_gradient(z_q)))
     loss = nll + codebook_loss + self.beta * commitment_loss
-    used = jnp.zeros(self.model.num_codes).at[aux["indices"].reshape(-1)].add(1.0) > 0
+    counts = jnp.zeros(self.model.num_codes).at[aux["indices"].reshape(-1)].add(1.0)
+    usage = (_USAGE_DECAY * model_state["vq_stats"]["usage"]
+             + (1 - _USAGE_DECAY) * counts / counts.sum())
+    flat_z = jax.lax.stop_gradient(z_e).reshape(-1, z_e.shape[-1])
+    picks = jax.random.randint(rng, (self.model.num_codes,), 0, flat_z.shape[0])
+    new_state = {"batch_stats": updates["batch_stats"],
+                 "vq_stats": {"usage": usage, "candidates": flat_z[picks]}}
     metrics = dict(loss=loss, nll=nll, codebook_loss=codebook_loss,
-                   commitment_loss=commitment_loss, codebook_usage=jnp.mean(used))
-    return loss, (updates, metrics)
+                   commitment_loss=commitment_loss, codebook_usage=jnp.mean(counts > 0))
+    return loss, (new_state, metrics)
+
+  def post_update(self, params, model_state):
+    """Restarts dead codes: a code whose usage average fell below dead_code_threshold / K
+    is moved onto a random encoder output of the latest batch (a training stabiliser
+    against codebook collapse; not in the paper; dead_code_threshold = 0 turns it off)."""
+    if self.dead_code_threshold <= 0:
+      return params, model_state
+    stats = model_state["vq_stats"]
+    k = self.model.num_codes
+    dead = stats["usage"] < self.dead_code_threshold / k
+    codebook = jnp.where(dead[:, None], stats["candidates"], params["codebook"])
+    usage = jnp.where(dead, 1.0 / k, stats["usage"])
+    return ({**params, "codebook": codebook},
+            {**model_state, "vq_stats": {**stats, "usage": usage}})
 
   def predict(self, variables, images):
     """images [B,H,W,C] in [0,1] -> dict(reconstructions [B,H,W,C], maps {variant: [B,H,W]},
     indices [B,h,w]). Higher map values = more anomalous."""
     a = self.anomaly
-    logits, aux = self.model.apply(variables, images, train=False)
+    logits, aux = self.model.apply(
+        {"params": variables["params"], "batch_stats": variables["batch_stats"]}, images,
+        train=False)
     reconstructions = continuous_bernoulli.mean(logits)
     sm = ssim_anomaly_map(images, reconstructions, channel_reduction=a.ssim_channel_reduction,
                           window=a.ssim_window, window_size=a.ssim_window_size,

@@ -87,9 +87,10 @@ class Decoder(nn.Module):
 
 
 def _codebook_init(key, shape, dtype=jnp.float32):
-  # U(-1/K, 1/K) as in van den Oord's reference implementations.
-  num_codes = shape[0]
-  return jax.random.uniform(key, shape, dtype, -1.0 / num_codes, 1.0 / num_codes)
+  # N(0, 1), the scale of the BatchNorm-ed encoder features. The tiny U(-1/K, 1/K) of
+  # van den Oord's code leaves most codes far from every encoder output, and only a
+  # handful get used (codebook collapse) in short runs.
+  return jax.random.normal(key, shape, dtype)
 
 
 class VQVAE(nn.Module):
