@@ -121,3 +121,17 @@ def test_four_devices_give_the_same_losses_as_one(tmp_path):
   # Same global batch, BatchNorm statistics over the whole sharded batch: only the
   # order of float32 reductions differs.
   np.testing.assert_allclose(four["losses"], one["losses"], rtol=1e-4)
+
+
+def test_train_step_compiles_once(tmp_path):
+  import chex
+  config = _smoke_config(num_steps=3)
+  method = get_method(config, 3)
+  optimizer = train_lib.make_optimizer(config.train)
+  # A state leaf whose dtype/weak-type changes after one update would retrace the step.
+  step = jax.jit(chex.assert_max_traces(train_lib.make_train_step(method, optimizer), n=1))
+  state = train_lib.init_train_state(method, optimizer, jax.random.key(0), (32, 32, 3))
+  images = _tiny_images()[:8]
+  for _ in range(3):
+    state, _ = step(state, images, jax.random.key(1))
+  assert int(state.step) == 3

@@ -51,7 +51,8 @@ class VQVAESSIM:
     """
     variables = dict(self.model.init(rng, images, train=False))
     k, d = self.model.num_codes, self.model.embedding_dim
-    variables["vq_stats"] = {"usage": jnp.full((k,), 1.0 / k), "candidates": jnp.zeros((k, d))}
+    variables["vq_stats"] = {"usage": jnp.full((k,), 1.0 / k, jnp.float32),
+                             "candidates": jnp.zeros((k, d), jnp.float32)}
     return variables
 
   def loss(self, params, model_state, images, rng):
