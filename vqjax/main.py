@@ -5,9 +5,10 @@ Intentionally short: everything it does lives in importable, tested functions.
 from __future__ import annotations
 
 import logging
+import runpy
 import sys
 
-from absl import app
+from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
@@ -16,6 +17,42 @@ from vqjax import config_checks, experiment
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (e.g. configs/mvtec_vq.py or configs/mvtec_vq.py:paper).",
     lock_config=True)
+
+
+def _describe_unknown_overrides(argv) -> str:
+  """Names the --config.<key> overrides whose key the config file does not define."""
+  config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if config_arg is None and "--config" in argv[:-1]:
+    config_arg = argv[argv.index("--config") + 1]
+  if config_arg is None:
+    return ""
+  path, _, preset = config_arg.partition(":")
+  config = runpy.run_path(path)["get_config"](preset or None)
+  problems = []
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    key = arg[len("--config."):].split("=", 1)[0]
+    node, parts = config, key.split(".")
+    for depth, part in enumerate(parts):
+      if not hasattr(node, "keys") or part not in node:
+        parent = ".".join(["config", *parts[:depth]])
+        known = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "(not a group)"
+        problems.append(f"unknown config key {key!r} in {arg!r}; {parent} has: {known}")
+        break
+      node = node[part]
+  return "\n".join(problems)
+
+
+def parse_flags(argv):
+  """absl's parser, with a readable error for overrides of keys the config lacks."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {e}", file=sys.stderr)
+  except (AttributeError, KeyError) as e:
+    print(f"error: {_describe_unknown_overrides(argv) or e}", file=sys.stderr)
+  raise SystemExit(2)
 
 
 def format_results(metrics_json: dict, variants) -> str:
@@ -59,4 +96,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
