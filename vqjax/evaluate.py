@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import numpy as np
 
 from vqjax import metrics, sharding
@@ -29,6 +30,8 @@ def predict_split(predict_fn, variables, images: np.ndarray, batch_size: int, me
     if n < batch_size:
       batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - n, axis=0)])
     out = predict_fn(variables, sharding.put_global_batch(batch, mesh))
+    # process_allgather: on several hosts each holds only its shard of the batch.
+    out = multihost_utils.process_allgather(out, tiled=True)
     chunks.append(jax.tree.map(lambda a, n=n: np.asarray(a)[:n], out))
   return jax.tree.map(lambda *xs: np.concatenate(xs), *chunks)
 

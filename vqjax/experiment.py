@@ -79,8 +79,10 @@ def run(config, *, show_progress: bool = True) -> dict:
   workdir = resolve_workdir(config)
   config_dict = config.to_dict()
   check_workdir(workdir, config_dict)
+  primary = jax.process_index() == 0  # multi-host: one process writes the outputs
   workdir.mkdir(parents=True, exist_ok=True)
-  report.write_json(workdir / "config.json", config_dict)
+  if primary:
+    report.write_json(workdir / "config.json", config_dict)
 
   dataset, source = load_data(config)
   logger.info("category %s: %d train / %d val / %d test images (%d anomalous), %dx%dx%d",
@@ -98,6 +100,8 @@ def run(config, *, show_progress: bool = True) -> dict:
                                 config.eval.batch_size, mesh)
   train_out = evaluate.predict_split(predict_fn, variables, dataset.train.images,
                                      config.eval.batch_size, mesh)
+  val = (evaluate.predict_split(predict_fn, variables, dataset.val.images,
+                                config.eval.batch_size, mesh) if len(dataset.val) else None)
   eval_seconds = time.perf_counter() - t_eval
 
   results = evaluate.score_maps(test["maps"], dataset.test, config.eval.image_score)
@@ -116,9 +120,16 @@ def run(config, *, show_progress: bool = True) -> dict:
       "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
       "image_score": config.eval.image_score,
   }
+  if val is not None:
+    # Statistics of maps on held-out normal images: where a threshold would come from.
+    run_info["validation_map_quantiles"] = {
+        v: {q: float(np.quantile(m, float(q))) for q in ("0.5", "0.99", "0.999")}
+        for v, m in val["maps"].items()}
   if "indices" in train_out:
     run_info["codebook"] = evaluate.codebook_stats(train_out["indices"], config.model.num_codes)
   metrics_json = {**results, "baselines": baselines, "run": run_info, "config": config_dict}
+  if not primary:
+    return metrics_json
   report.write_json(workdir / "metrics.json", metrics_json)
 
   images = dataset.test.images.astype(np.float32) / 255.0

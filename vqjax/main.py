@@ -10,10 +10,15 @@ import sys
 
 from absl import app, flags
 from absl import logging as absl_logging
+import jax
 from ml_collections import config_flags
 
 from vqjax import config_checks, experiment
 
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False,
+    "Multi-host: call jax.distributed.initialize() (coordinator and process ids from the "
+    "cluster environment, e.g. SLURM, or JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID).")
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (e.g. configs/mvtec_vq.py or configs/mvtec_vq.py:paper).",
     lock_config=True)
@@ -75,6 +80,8 @@ def main(argv):
   vqjax_logger.addHandler(handler)
   vqjax_logger.setLevel(logging.INFO)
   vqjax_logger.propagate = False
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config is required, e.g. --config configs/mvtec_vq.py")

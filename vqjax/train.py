@@ -83,20 +83,27 @@ def _checkpoint_manager(workdir: pathlib.Path, train_config) -> ocp.CheckpointMa
 
 
 class _ScalarLog:
-  """Appends scalars to <workdir>/train_log.jsonl and TensorBoard event files."""
+  """Appends scalars to <workdir>/train_log.jsonl and TensorBoard event files
+  (process 0 only; the others keep no log)."""
 
   def __init__(self, workdir: pathlib.Path):
     from tensorboardX import SummaryWriter  # local: only the trainer writes events
-    self._jsonl = open(workdir / "train_log.jsonl", "a", encoding="utf-8")
-    self._tb = SummaryWriter(str(workdir / "tensorboard"))
+    self._enabled = jax.process_index() == 0
+    if self._enabled:
+      self._jsonl = open(workdir / "train_log.jsonl", "a", encoding="utf-8")
+      self._tb = SummaryWriter(str(workdir / "tensorboard"))
 
   def write(self, step: int, scalars: dict[str, float]):
+    if not self._enabled:
+      return
     self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
     self._jsonl.flush()
     for name, value in scalars.items():
       self._tb.add_scalar(f"train/{name}", value, step)
 
   def close(self):
+    if not self._enabled:
+      return
     self._jsonl.close()
     self._tb.close()
 
@@ -165,7 +172,7 @@ def train(config, method, train_images: np.ndarray, workdir: pathlib.Path, *,
         elapsed = time.perf_counter() - t_window
         scalars["images_per_second"] = images_in_window / elapsed if images_in_window else 0.0
         scalar_log.write(done, scalars)
-        postfix = {"loss": f"{scalars['loss']:.4f}", "img/s": f"{scalars['images_per_second']:.0f}"}
+        postfix = {"loss": f"{scalars['loss']:.4f}", "img/s": f"{scalars['images_per_second']:.3g}"}
         if "codebook_usage" in scalars:
           postfix["codes used"] = f"{scalars['codebook_usage']:.2f}"
         progress.set_postfix(postfix)
