@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import sys
 import time
 from typing import Any, Callable
 
@@ -146,8 +147,10 @@ def train(config, method, train_images: np.ndarray, workdir: pathlib.Path, *,
 
   start = int(state.step)
   scalar_log = _ScalarLog(workdir)
+  # In a log file (no terminal) redraw rarely instead of many times a second.
   progress = tqdm.tqdm(total=tc.num_steps, initial=start, desc="train", unit="step",
-                       disable=not show_progress, dynamic_ncols=True)
+                       disable=not show_progress, dynamic_ncols=True,
+                       mininterval=0.1 if sys.stderr.isatty() else 30.0)
   summary = {"start_step": start, "compile_seconds": 0.0, "train_seconds": 0.0}
   t_window, images_in_window = time.perf_counter(), 0
   t_start = time.perf_counter()

@@ -11,13 +11,14 @@ Everything is decoded eagerly into memory, resized to a square `image_size`.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import numbers
 import pathlib
 
 import numpy as np
 from PIL import Image
+
+from vqjax.data.dataset import Dataset, Split, hold_out_validation
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 NORMAL_DEFECT = "good"
@@ -32,48 +33,6 @@ _EXPECTED_LAYOUT = (
     "  <root>/<category>/test/<defect>/*.png   (defect 'good' = normal)\n"
     "  <root>/<category>/ground_truth/<defect>/<stem>_mask.png"
 )
-
-
-@dataclasses.dataclass(frozen=True, eq=False)  # eq=False: arrays have no boolean ==
-class Split:
-  """One split of a category, fully decoded.
-
-  images: [N,H,W,C] uint8, C in {1,3}.
-  masks:  [N,H,W] bool, True = anomalous pixel; all False for normal images.
-  labels: [N] int32, 0 = normal, 1 = anomalous.
-  names:  N paths relative to <root>/<category>, e.g. 'test/scratch/003.png'.
-  """
-
-  images: np.ndarray
-  masks: np.ndarray
-  labels: np.ndarray
-  names: tuple[str, ...]
-
-  def __post_init__(self):
-    n = len(self.names)
-    if self.images.ndim != 4 or self.images.shape[0] != n:
-      raise ValueError(f"Split.images must be [N={n},H,W,C], got {self.images.shape}")
-    if self.masks.shape != self.images.shape[:3]:
-      raise ValueError(f"Split.masks must be {self.images.shape[:3]}, got {self.masks.shape}")
-    if self.labels.shape != (n,):
-      raise ValueError(f"Split.labels must be [{n}], got {self.labels.shape}")
-
-  def __len__(self) -> int:
-    return len(self.names)
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Dataset:
-  """A category: train and val (disjoint slices of train/good) and the test split."""
-
-  category: str
-  train: Split
-  val: Split
-  test: Split
-
-  @property
-  def num_channels(self) -> int:
-    return int(self.train.images.shape[-1])
 
 
 def list_categories(root) -> list[str]:
@@ -107,9 +66,7 @@ def load_mvtec(root, category: str, image_size: int, val_fraction: float = 0.1,
   test_items = _test_items(category_dir)
   test = _load_split(category_dir, test_items, image_size, num_channels)
 
-  val_index, train_index = _val_train_indices(len(train_good), val_fraction, seed)
-  return Dataset(category=category, train=_take(train_good, train_index),
-                 val=_take(train_good, val_index), test=test)
+  return hold_out_validation(category, train_good, test, val_fraction, seed)
 
 
 # --- argument checks -------------------------------------------------------------------
@@ -267,15 +224,4 @@ def _load_split(category_dir: pathlib.Path, items, image_size: int, num_channels
 
 # --- validation slice ------------------------------------------------------------------
 
-
-def _val_train_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """Sorted (val, train) indices into train/good; deterministic from `seed`."""
-  num_val = max(1, round(val_fraction * n)) if (val_fraction > 0 and n >= 2) else 0
-  permutation = np.random.default_rng(seed).permutation(n)
-  return np.sort(permutation[:num_val]), np.sort(permutation[num_val:])
-
-
-def _take(split: Split, index: np.ndarray) -> Split:
-  return Split(images=split.images[index], masks=split.masks[index],
-               labels=split.labels[index], names=tuple(split.names[i] for i in index))
 
