@@ -4,10 +4,10 @@ from __future__ import annotations
 import jax
 
 from vqjax.metrics import IMAGE_SCORE_REDUCTIONS
+from vqjax.models import COMPUTE_DTYPES
 from vqjax.ops.anomaly_maps import CHANNEL_REDUCTIONS
 from vqjax.ops.ssim import WINDOWS
 
-_DTYPES = ("float32", "bfloat16")
 
 
 class ConfigError(ValueError):
@@ -65,7 +65,7 @@ def validate_config(config) -> None:
   downs = _positive_int(config, "model.num_downsamplings")
   _require(size % (2**downs) == 0 and size // (2**downs) >= 1, "data.image_size",
            f"a multiple of 2^model.num_downsamplings = {2**downs}", size)
-  _one_of(config, "model.dtype", _DTYPES)
+  _one_of(config, "model.dtype", tuple(COMPUTE_DTYPES))
   _require(_get(config, "loss.beta") >= 0, "loss.beta", "a non-negative number", config.loss.beta)
 
   n_dev = jax.device_count()

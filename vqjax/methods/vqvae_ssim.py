@@ -14,12 +14,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from vqjax.models import COMPUTE_DTYPES
 from vqjax.models.vqvae import VQVAE
 from vqjax.ops import continuous_bernoulli
 from vqjax.ops.anomaly_maps import ssim_anomaly_map, upsampled_alignment_map
 from vqjax.ops.morphology import grey_dilation
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 _USAGE_DECAY = 0.99  # per-step decay of the code-usage moving average (~100-step memory)
 
 
@@ -38,7 +38,7 @@ class VQVAESSIM:
     model = VQVAE(channels=m.channels, num_downsamplings=m.num_downsamplings,
                   num_residual_layers=m.num_residual_layers, num_codes=m.num_codes,
                   embedding_dim=m.embedding_dim, out_channels=num_channels,
-                  dtype=_DTYPES[m.dtype])
+                  dtype=COMPUTE_DTYPES[m.dtype])
     return cls(model=model, beta=config.loss.beta,
                anomaly=ml_collections.FrozenConfigDict(config.anomaly),
                dead_code_threshold=config.loss.dead_code_threshold)
