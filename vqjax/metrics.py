@@ -111,8 +111,8 @@ def pro_curve(maps: np.ndarray, masks: np.ndarray, max_fpr: float | None = None
 
   Returns (fpr [T], pro [T], thresholds [T]) float64, one point per distinct score value in
   decreasing threshold order, starting at (0, 0) with threshold +inf.
-  FPR(t) = #(anomaly-free pixels with score >= t) / #anomaly-free pixels, where anomaly-free pixels
-  are those with mask False in every test image, normal and anomalous alike.
+  FPR(t) = #(anomaly-free pixels with score >= t) / #anomaly-free pixels, counting every pixel
+  whose mask is False in all test images, normal and anomalous images alike.
   PRO(t) = mean over all regions r (8-connected mask components, all images) of
   #(pixels of r with score >= t) / |r|.
   One descending sort of all P pixels; each pixel adds 1/#normal to FPR or 1/(|r| #regions) to

@@ -18,6 +18,12 @@ from PIL import Image, ImageDraw
 _OVERLAY_CELL = 160  # pixels per panel side in overlay PNGs
 
 
+def _current_umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: pathlib.Path):
   """Yields a temporary path in path's folder; renames it to `path` only on success."""
@@ -27,6 +33,7 @@ def atomic_path(path: pathlib.Path):
   os.close(fd)
   try:
     yield pathlib.Path(tmp)
+    os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600 files; use the usual mode
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):

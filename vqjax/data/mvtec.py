@@ -53,13 +53,13 @@ def load_mvtec(root, category: str, image_size: int, val_fraction: float = 0.1,
   The validation split is a seeded random slice of train/good (never test images);
   its size is max(1, round(val_fraction * n)) when val_fraction > 0 and n >= 2, else 0.
   """
-  _check_image_size(image_size)
-  _check_val_fraction(val_fraction)
+  check_image_size(image_size)
+  check_val_fraction(val_fraction)
   root = pathlib.Path(root)
   category_dir = _category_dir(root, category)
 
   train_paths = _image_files(category_dir / "train" / NORMAL_DEFECT, category_dir)
-  num_channels = 1 if _read_image(train_paths[0]).mode in _GREY_MODES else 3
+  num_channels = 1 if read_image(train_paths[0]).mode in _GREY_MODES else 3
   train_good = _load_split(category_dir, [(p, None) for p in train_paths], image_size,
                            num_channels)
 
@@ -72,13 +72,13 @@ def load_mvtec(root, category: str, image_size: int, val_fraction: float = 0.1,
 # --- argument checks -------------------------------------------------------------------
 
 
-def _check_image_size(image_size) -> None:
+def check_image_size(image_size) -> None:
   if (isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral)
           or image_size < 8):
     raise ValueError(f"data.image_size must be an int >= 8, got {image_size!r}")
 
 
-def _check_val_fraction(val_fraction) -> None:
+def check_val_fraction(val_fraction) -> None:
   ok = (isinstance(val_fraction, numbers.Real) and not isinstance(val_fraction, bool)
         and math.isfinite(val_fraction) and 0.0 <= val_fraction <= 0.5)
   if not ok:
@@ -152,7 +152,7 @@ def _mask_path(category_dir: pathlib.Path, image_path: pathlib.Path) -> pathlib.
 # --- decoding --------------------------------------------------------------------------
 
 
-def _read_image(path: pathlib.Path) -> Image.Image:
+def read_image(path: pathlib.Path) -> Image.Image:
   """Fully decoded PIL image; ValueError naming the file if it cannot be decoded."""
   try:
     with Image.open(path) as image:
@@ -170,7 +170,7 @@ def _to_eight_bit_grey(image: Image.Image) -> Image.Image:
   return image.convert("L")
 
 
-def _image_array(image: Image.Image, num_channels: int, image_size: int) -> np.ndarray:
+def image_array(image: Image.Image, num_channels: int, image_size: int) -> np.ndarray:
   """[image_size, image_size, num_channels] uint8, bilinear resize."""
   if num_channels == 1:
     image = _to_eight_bit_grey(image)
@@ -182,7 +182,7 @@ def _image_array(image: Image.Image, num_channels: int, image_size: int) -> np.n
   return np.asarray(resized, dtype=np.uint8).reshape(image_size, image_size, num_channels)
 
 
-def _binarise_mask(image: Image.Image) -> np.ndarray:
+def binarise_mask(image: Image.Image) -> np.ndarray:
   """[H,W] bool at the mask's own resolution.
 
   Mode '1': any set pixel. 8-bit: > 127 (MVTec masks are 0/255; the midpoint is robust
@@ -202,7 +202,7 @@ def _binarise_mask(image: Image.Image) -> np.ndarray:
 
 def _mask_array(mask_path: pathlib.Path, image_size: int) -> np.ndarray:
   """[image_size, image_size] bool: binarised at full resolution, then NEAREST resize."""
-  binary = _binarise_mask(_read_image(mask_path)).astype(np.uint8) * 255
+  binary = binarise_mask(read_image(mask_path)).astype(np.uint8) * 255
   resized = Image.fromarray(binary).resize((image_size, image_size), Image.Resampling.NEAREST)
   return np.asarray(resized) > 0
 
@@ -214,7 +214,7 @@ def _load_split(category_dir: pathlib.Path, items, image_size: int, num_channels
   masks = np.zeros((n, image_size, image_size), bool)
   labels = np.zeros((n,), np.int32)
   for i, (image_path, mask_path) in enumerate(items):
-    images[i] = _image_array(_read_image(image_path), num_channels, image_size)
+    images[i] = image_array(read_image(image_path), num_channels, image_size)
     if mask_path is not None:
       masks[i] = _mask_array(mask_path, image_size)
       labels[i] = 1

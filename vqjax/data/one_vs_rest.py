@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from vqjax.data.dataset import Dataset, Split, hold_out_validation
-from vqjax.data.mvtec import _check_image_size, _check_val_fraction
+from vqjax.data.mvtec import check_image_size, check_val_fraction
 
 ONE_VS_REST_DATASETS = ("cifar10", "mnist", "fashion_mnist")
 CLASS_NAMES: dict[str, tuple[str, ...]] = {
@@ -68,8 +68,8 @@ def load_one_vs_rest(name: str, normal_class: int | str, data_dir, val_fraction:
   """
   class_index = normal_class_index(name, normal_class)
   if image_size is not None:
-    _check_image_size(image_size)
-  _check_val_fraction(val_fraction)
+    check_image_size(image_size)
+  check_val_fraction(val_fraction)
   raw = read_raw_splits(name, data_dir, download)
 
   train_index = np.flatnonzero(raw.train_labels == class_index)
@@ -84,8 +84,7 @@ def load_one_vs_rest(name: str, normal_class: int | str, data_dir, val_fraction:
 
 def normal_class_index(name: str, normal_class: int | str) -> int:
   """Index 0..9 of a class given by index or by name (case-insensitive)."""
-  if name not in ONE_VS_REST_DATASETS:
-    raise ValueError(f"data.dataset must be one of {ONE_VS_REST_DATASETS}, got {name!r}")
+  _check_name(name)
   names = CLASS_NAMES[name]
   if isinstance(normal_class, str) and normal_class.strip().lower() in names:
     return names.index(normal_class.strip().lower())
@@ -94,6 +93,11 @@ def normal_class_index(name: str, normal_class: int | str) -> int:
     return int(normal_class)
   valid = ", ".join(f"{i} ({class_name!r})" for i, class_name in enumerate(names))
   raise ValueError(f"normal class {normal_class!r} is not a {name} class; valid: {valid}")
+
+
+def _check_name(name: str) -> None:
+  if name not in ONE_VS_REST_DATASETS:
+    raise ValueError(f"one-vs-rest dataset must be one of {ONE_VS_REST_DATASETS}, got {name!r}")
 
 
 def _split(images: np.ndarray, labels: np.ndarray, names: list[str],
@@ -121,6 +125,7 @@ def _resize(images: np.ndarray, image_size: int) -> np.ndarray:
 
 def read_raw_splits(name: str, data_dir, download: bool = False) -> RawSplits:
   """Official train and test splits from the first source found (see module docstring)."""
+  _check_name(name)
   data_dir = pathlib.Path(data_dir)
   raw = _read_cifar10(data_dir) if name == "cifar10" else _read_idx_dataset(name, data_dir)
   if raw is not None:
@@ -240,7 +245,7 @@ def _read_idx_dataset(name: str, data_dir: pathlib.Path) -> RawSplits | None:
     if missing:
       raise _missing_files_error(folder, missing, name)
     train_images, train_labels, test_images, test_labels = (
-        _read_idx(paths[base], ndim) for base, ndim in zip(IDX_FILES, (3, 1, 3, 1)))
+        read_idx(paths[base], ndim) for base, ndim in zip(IDX_FILES, (3, 1, 3, 1)))
     _check_labels(train_labels, len(train_images), paths[IDX_FILES[1]])
     _check_labels(test_labels, len(test_images), paths[IDX_FILES[3]])
     return RawSplits(train_images[..., None], train_labels.astype(np.int64),
@@ -255,34 +260,24 @@ def _idx_path(folder: pathlib.Path, base: str) -> pathlib.Path | None:
   return None
 
 
-def read_idx(path) -> np.ndarray:
-  """An unsigned-byte idx file (optionally .gz) as a uint8 array of the shape its header says."""
+def read_idx(path, ndim: int) -> np.ndarray:
+  """An unsigned-byte idx file (optionally .gz) with `ndim` dimensions, as uint8 of its shape."""
   path = pathlib.Path(path)
   try:
     raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
   except (OSError, EOFError, zlib.error) as error:
     raise ValueError(f"cannot read idx file {path}: {error}") from error
   # Header: 0x00 0x00, type 0x08 (unsigned byte), ndim; then ndim big-endian uint32 sizes.
-  if len(raw) < 4 or raw[:3] != b"\x00\x00\x08" or raw[3] == 0:
-    raise ValueError(f"idx file {path} does not start with an unsigned-byte idx magic number "
-                     f"(00 00 08 <ndim>); got {raw[:4].hex(' ') or 'an empty file'}")
-  ndim = raw[3]
+  magic = bytes([0, 0, 0x08, ndim])
+  if raw[:4] != magic:
+    raise ValueError(f"idx file {path} does not start with the magic number {magic.hex(' ')} "
+                     f"(unsigned bytes, {ndim} dimensions); got {raw[:4].hex(' ') or 'nothing'}")
   header_size = 4 + 4 * ndim
-  if len(raw) < header_size:
-    raise ValueError(f"idx file {path} is truncated inside its {header_size}-byte header")
   shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-  if len(raw) - header_size != math.prod(shape):
-    raise ValueError(f"idx file {path} holds {len(raw) - header_size} data bytes but its "
-                     f"header says shape {shape} ({math.prod(shape)} bytes): truncated or corrupt")
+  if len(raw) < header_size or len(raw) - header_size != math.prod(shape):
+    raise ValueError(f"idx file {path} holds {len(raw)} bytes but its header says shape "
+                     f"{shape} ({header_size + math.prod(shape)} bytes): truncated or corrupt")
   return np.frombuffer(raw, np.uint8, offset=header_size).reshape(shape)
-
-
-def _read_idx(path: pathlib.Path, ndim: int) -> np.ndarray:
-  array = read_idx(path)
-  if array.ndim != ndim:
-    raise ValueError(f"idx file {path} has {array.ndim} dimensions, expected {ndim} "
-                     f"({'[N,H,W] images' if ndim == 3 else '[N] labels'})")
-  return array
 
 
 # --- tensorflow-datasets -------------------------------------------------------------------

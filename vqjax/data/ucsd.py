@@ -37,8 +37,8 @@ from PIL import Image
 
 from vqjax.data.dataset import Dataset, Split, validation_indices
 # The MVTec reader's decoding, so both readers resize and binarise identically.
-from vqjax.data.mvtec import (_binarise_mask, _check_image_size, _check_val_fraction,
-                              _image_array, _read_image)
+from vqjax.data.mvtec import (binarise_mask, check_image_size, check_val_fraction,
+                              image_array, read_image)
 
 PED1_FOLDER = "UCSDped1"
 ANNOTATION_FILE = "UCSDped1.m"
@@ -66,8 +66,8 @@ class _Frame(typing.NamedTuple):
 def load_ucsd_ped1(root, image_size: int = 128, val_fraction: float = 0.1,
                    seed: int = 0) -> Dataset:
   """Ped1 as a Dataset (category 'ped1'); see the module docstring for the splits."""
-  _check_image_size(image_size)
-  _check_val_fraction(val_fraction)
+  check_image_size(image_size)
+  check_val_fraction(val_fraction)
   ped1_dir = _ped1_dir(pathlib.Path(root))
   train_clips = _clip_dirs(ped1_dir / "Train", "Train")
   val_index, train_index = validation_indices(len(train_clips), val_fraction, seed)
@@ -230,16 +230,16 @@ def _load_split(ped1_dir: pathlib.Path, frames: list[_Frame], image_size: int,
   masks = np.zeros((n, image_size, image_size), bool)
   labels = np.zeros((n,), np.int32)
   for i, frame in enumerate(frames):
-    images[i] = _image_array(_read_image(frame.path), 1, image_size)
+    images[i] = image_array(read_image(frame.path), 1, image_size)
     label = frame.label
     if frame.mask_path is not None:
-      full_mask = _binarise_mask(_read_image(frame.mask_path))
+      full_mask = binarise_mask(read_image(frame.mask_path))
       masks[i] = _resize_mask(full_mask, image_size)
       if label is None:
         label = int(full_mask.any())  # at full resolution: a tiny blob still counts
     labels[i] = label
   names = tuple(frame.path.relative_to(ped1_dir).as_posix() for frame in frames)
-  has_mask = (np.array([frame.mask_path is not None for frame in frames], bool).reshape(n)
+  has_mask = (np.array([frame.mask_path is not None for frame in frames], bool)
               if with_has_mask else None)
   return Split(images=images, masks=masks, labels=labels, names=names, has_mask=has_mask)
 
