@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import jax
 
+from vqjax.data import DATASETS
 from vqjax.metrics import IMAGE_SCORE_REDUCTIONS
 from vqjax.models import COMPUTE_DTYPES
 from vqjax.ops.anomaly_maps import CHANNEL_REDUCTIONS
@@ -50,6 +51,9 @@ def validate_config(config) -> None:
   _require(isinstance(config.workdir, str) and config.workdir.strip() != "", "workdir",
            "a non-empty folder path", config.workdir)
   _require(isinstance(config.seed, int), "seed", "an integer", config.seed)
+  _one_of(config, "data.dataset", DATASETS)
+  _require(isinstance(_get(config, "data.download"), bool), "data.download", "True or False",
+           config.data.download)
   root = _get(config, "data.root")
   _require(root is None or (isinstance(root, str) and root != ""), "data.root",
            "unset (embedded demo data) or a folder path", root)
@@ -90,6 +94,10 @@ def validate_config(config) -> None:
   _odd(config, "anomaly.am_dilation")
   _one_of(config, "anomaly.am_upsample", ("bilinear", "nearest"))
   _one_of(config, "eval.image_score", IMAGE_SCORE_REDUCTIONS)
+  limit = _get(config, "eval.pro_fpr_limit")
+  _require(0 < limit <= 1, "eval.pro_fpr_limit", "a number in (0, 1]", limit)
+  _one_of(config, "eval.threshold_protocol", ("bergmann",))
+  _positive_int(config, "eval.min_defect_area")
   _require(isinstance(config.eval.save_arrays, bool), "eval.save_arrays", "True or False",
            config.eval.save_arrays)
   _require(isinstance(config.eval.num_overlays, int) and config.eval.num_overlays >= 0,

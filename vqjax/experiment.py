@@ -9,8 +9,7 @@ import time
 import jax
 import numpy as np
 
-from vqjax import evaluate, report, sharding
-from vqjax.data import demo, mvtec
+from vqjax import data, evaluate, report, sharding
 from vqjax.methods import get_method
 from vqjax.train import train
 
@@ -27,7 +26,8 @@ class UserInputError(ValueError):
 
 def resolve_workdir(config) -> pathlib.Path:
   """config.workdir with '{category}' and '{method}' filled in."""
-  return pathlib.Path(config.workdir.format(category=config.data.category, method=config.method))
+  category = str(config.data.category).replace("/", "_")  # e.g. fashion_mnist/t-shirt/top
+  return pathlib.Path(config.workdir.format(category=category, method=config.method))
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -54,23 +54,14 @@ def check_workdir(workdir: pathlib.Path, config_dict: dict) -> None:
                      f"({details}). Pass a new --config.workdir, or delete that folder to start over.")
 
 
-def load_data(config) -> tuple[mvtec.Dataset, str]:
-  if config.data.root is None:
-    root = demo.ensure_demo_dataset()
-    logger.info("data.root is unset: using the embedded demo dataset (synthetic defects on "
-                "scikit-image texture photographs) at %s", root)
-    if config.data.category not in demo.DEMO_CATEGORIES:
-      raise UserInputError(f"config.data.category = {config.data.category!r} is not in the embedded "
-                       f"demo data; choose one of {list(demo.DEMO_CATEGORIES)} or set data.root")
-    source = f"embedded demo ({root})"
-  else:
-    root = pathlib.Path(config.data.root).expanduser()
-    source = str(root)
+def load_data(config) -> tuple[data.Dataset, str]:
   try:
-    dataset = mvtec.load_mvtec(root, config.data.category, config.data.image_size,
-                               val_fraction=config.data.val_fraction, seed=config.seed)
-  except (FileNotFoundError, ValueError) as e:
-    raise UserInputError(f"config.data.root / data.category: {e}") from e
+    dataset, source = data.load_dataset(config.data, config.seed)
+  except (FileNotFoundError, ValueError, ImportError) as e:
+    raise UserInputError(f"config.data (dataset={config.data.dataset!r}, "
+                         f"category={config.data.category!r}, root={config.data.root!r}): {e}") from e
+  if config.data.root is None:
+    logger.info("data.root is unset: using the %s", source)
   return dataset, source
 
 
@@ -95,33 +86,36 @@ def run(config, *, show_progress: bool = True) -> dict:
 
   mesh = sharding.make_data_mesh()
   predict_fn = evaluate.make_predict_fn(method, mesh)
+  predict = lambda images: evaluate.predict_split(predict_fn, variables, images,
+                                                  config.eval.batch_size, mesh)
   t_eval = time.perf_counter()
-  test = evaluate.predict_split(predict_fn, variables, dataset.test.images,
-                                config.eval.batch_size, mesh)
-  train_out = evaluate.predict_split(predict_fn, variables, dataset.train.images,
-                                     config.eval.batch_size, mesh)
-  val = (evaluate.predict_split(predict_fn, variables, dataset.val.images,
-                                config.eval.batch_size, mesh) if len(dataset.val) else None)
+  has_val = len(dataset.val) > 0
+  test, train_out = predict(dataset.test.images), predict(dataset.train.images)
+  val = predict(dataset.val.images) if has_val else None
   eval_seconds = time.perf_counter() - t_eval
 
-  results = evaluate.score_maps(test["maps"], dataset.test, config.eval.image_score)
-  baseline_maps = {"mean_image": evaluate.mean_image_baseline(dataset.train.images,
-                                                              dataset.test.images)}
-  baselines = evaluate.score_maps(baseline_maps, dataset.test, config.eval.image_score)
+  results = evaluate.score_maps(test["maps"], dataset.test, config.eval,
+                                val["maps"] if has_val else None)
+  baseline = lambda split: {"mean_image": evaluate.mean_image_baseline(dataset.train.images,
+                                                                       split.images)}
+  baseline_test = baseline(dataset.test)
+  baselines = evaluate.score_maps(baseline_test, dataset.test, config.eval,
+                                  baseline(dataset.val) if has_val else None)
   run_info = {
-      "method": config.method, "category": dataset.category, "data": source,
-      "image_size": config.data.image_size,
+      "method": config.method, "dataset": config.data.dataset, "category": dataset.category,
+      "data": source, "image_size": config.data.image_size,
       "num_images": {"train": len(dataset.train), "val": len(dataset.val),
                      "test": len(dataset.test),
-                     "test_anomalous": int(dataset.test.labels.sum())},
+                     "test_anomalous": int(dataset.test.labels.sum()),
+                     "test_with_pixel_truth": int(dataset.test.pixel_mask_available.sum())},
       "steps": train_summary["steps"], "train_seconds": train_summary["train_seconds"],
       "compile_seconds": train_summary["compile_seconds"], "eval_seconds": eval_seconds,
       "total_seconds": time.perf_counter() - t0,
       "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
       "image_score": config.eval.image_score,
   }
-  if val is not None:
-    # Statistics of maps on held-out normal images: where a threshold would come from.
+  if has_val:
+    # Statistics of maps on held-out normal images: where thresholds come from.
     run_info["validation_map_quantiles"] = {
         v: {q: float(np.quantile(m, float(q))) for q in ("0.5", "0.99", "0.999")}
         for v, m in val["maps"].items()}
@@ -136,12 +130,43 @@ def run(config, *, show_progress: bool = True) -> dict:
   overlay_idx = report.pick_overlay_indices(dataset.test.labels, config.eval.num_overlays)
   report.write_overlays(workdir / "overlays", images, test["reconstructions"], test["maps"],
                         dataset.test.masks, dataset.test.names, overlay_idx)
+  report.write_curves(workdir, {**test["maps"], **{f"baseline {k}": m
+                                                   for k, m in baseline_test.items()}},
+                      dataset.test, config.eval)
   if config.eval.save_arrays:
     report.save_arrays(workdir / "eval_arrays.npz", {
         "images": images, "reconstructions": test["reconstructions"],
         "masks": dataset.test.masks, "labels": dataset.test.labels,
+        "has_mask": dataset.test.pixel_mask_available,
         "names": np.asarray(dataset.test.names),
         **{f"map_{v}": m for v, m in test["maps"].items()}})
   report.write_text(workdir / "summary.md",
                     report.summary_markdown(results, list(method.variants), baselines, run_info))
   return metrics_json
+
+
+def run_sweep(config, *, show_progress: bool = True) -> dict[str, dict]:
+  """data.category = 'all': one run per category (each in its own workdir), then
+  results.md / results.csv in the workdir named with category 'all'."""
+  try:
+    categories = data.categories(config.data)
+  except FileNotFoundError as e:
+    raise UserInputError(f"config.data.root: {e}") from e
+  per_category = {}
+  for i, category in enumerate(categories):
+    logger.info("category %d/%d: %s", i + 1, len(categories), category)
+    category_config = config.copy_and_resolve_references()
+    with category_config.unlocked():
+      category_config.data.category = category
+    per_category[category] = run(category_config, show_progress=show_progress)
+  sweep_dir = resolve_workdir(config)
+  if jax.process_index() == 0:
+    variants = [k for k in next(iter(per_category.values()))
+                if k not in ("baselines", "run", "config")]
+    md, csv = report.results_tables(per_category, variants, config.data.dataset)
+    title = (f"# {config.method} on {config.data.dataset} ({len(categories)} categories)\n\n"
+             f"One row per category (each run in its own workdir), mean row last; paper columns "
+             f"are Gangloff et al. 2022's published numbers where they exist.\n\n")
+    report.write_text(sweep_dir / "results.md", title + md)
+    report.write_text(sweep_dir / "results.csv", csv)
+  return per_category

@@ -61,11 +61,15 @@ def parse_flags(argv):
 
 
 def format_results(metrics_json: dict, variants) -> str:
+  """Plain-text table of the headline metrics ('-' where the data has no pixel truth)."""
   rows = [(v, metrics_json[v]) for v in variants]
   rows += [(f"baseline {k}", r) for k, r in metrics_json["baselines"].items()]
+  columns = [("pixel_auroc", "pixel_AUROC"), ("image_auroc", "image_AUROC"),
+             ("au_pro", "AU-PRO"), ("image_accuracy", "image_acc@thr")]
   width = max(len(name) for name, _ in rows)
-  lines = [f"{'map':<{width}}  pixel_AUROC  image_AUROC"]
-  lines += [f"{name:<{width}}  {r['pixel_auroc']:11.4f}  {r['image_auroc']:11.4f}" for name, r in rows]
+  fmt = lambda v: f"{'-':>15}" if v is None else f"{v:15.4f}"
+  lines = [f"{'map':<{width}}" + "".join(f"{title:>15}" for _, title in columns)]
+  lines += [f"{name:<{width}}" + "".join(fmt(r.get(k)) for k, _ in columns) for name, r in rows]
   return "\n".join(lines)
 
 
@@ -91,6 +95,10 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     raise SystemExit(2) from None
   try:
+    if config.data.category == "all":
+      experiment.run_sweep(config)
+      print(f"results in {experiment.resolve_workdir(config)}: results.md, results.csv")
+      return
     metrics_json = experiment.run(config)
   except experiment.UserInputError as e:
     print(f"error: {e}", file=sys.stderr)
@@ -98,7 +106,7 @@ def main(argv):
   variants = [k for k in metrics_json if k not in ("baselines", "run", "config")]
   workdir = experiment.resolve_workdir(config)
   print(format_results(metrics_json, variants))
-  print(f"outputs in {workdir}: metrics.json, summary.md, overlays/"
+  print(f"outputs in {workdir}: metrics.json, summary.md, overlays/, ROC/PRO curves"
         + (", eval_arrays.npz" if config.eval.save_arrays else ""))
 
 

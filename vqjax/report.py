@@ -15,6 +15,8 @@ import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vqjax import metrics as metrics_lib
+
 _OVERLAY_CELL = 160  # pixels per panel side in overlay PNGs
 
 
@@ -56,21 +58,88 @@ def save_arrays(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
       np.savez_compressed(f, **arrays)
 
 
+# (metrics.json key, column title) of the per-map tables, in display order.
+METRIC_COLUMNS = (
+    ("image_auroc", "image AUROC"),
+    ("pixel_auroc", "pixel AUROC (pooled)"),
+    ("per_image_pixel_auroc", "pixel AUROC (per-image mean)"),
+    ("au_pro", "AU-PRO"),
+    ("image_f1_max", "image F1-max"),
+    ("pixel_f1_max", "pixel F1-max"),
+    ("image_accuracy", "image accuracy @thr"),
+    ("image_f1", "image F1 @thr"),
+    ("pixel_f1", "pixel F1 @thr"),
+)
+
+
+def format_metric(value) -> str:
+  return "–" if value is None else f"{value:.4f}"
+
+
 def summary_markdown(metrics: dict, variants: list[str], baselines: dict, run: dict) -> str:
-  """A Markdown table of AUROCs per variant (and baselines) plus run facts."""
+  """A Markdown table of every metric per map (variants and baselines) plus run facts."""
+  columns = [(k, t) for k, t in METRIC_COLUMNS if any(k in metrics[v] for v in variants)]
   lines = [f"# {run['method']} on `{run['category']}`", "",
            f"data: {run['data']} | image size {run['image_size']} | steps {run['steps']} | "
            f"train {run['train_seconds']:.0f} s on {run['devices']}", "",
-           "| map | pixel AUROC | image AUROC |", "|---|---|---|"]
+           "| map | " + " | ".join(t for _, t in columns) + " |",
+           "|---" * (len(columns) + 1) + "|"]
   rows = [(v, metrics[v]) for v in variants] + [(f"baseline: {b}", r) for b, r in baselines.items()]
   for name, r in rows:
-    lines.append(f"| {name} | {r['pixel_auroc']:.4f} | {r['image_auroc']:.4f} |")
+    lines.append(f"| {name} | " + " | ".join(format_metric(r.get(k)) for k, _ in columns) + " |")
+  first = metrics[variants[0]]
+  if "threshold" in first:
+    lines += ["", f"@thr: threshold fitted on the normal validation maps only (Bergmann et al.: "
+              f"largest connected component < {first['threshold']['min_area']} px on every "
+              f"validation map); image accuracy = mean of the accuracies on normal and on "
+              f"anomalous test images. AU-PRO integrated to FPR 0.3, normalised."]
   if "codebook" in run:
     cb = run["codebook"]
     lines += ["", f"codebook on training images: {cb['fraction_used']:.1%} of "
               f"{cb['num_codes']} codes used, perplexity {cb['perplexity']:.1f}"]
-  lines += ["", "Overlays: `overlays/*.png` (image | reconstruction | maps | ground truth)."]
+  lines += ["", "Pictures: `overlays/*.png` (image | reconstruction | maps | ground truth), "
+            "`roc_image.png`, `roc_pixel.png`, `pro.png`."]
   return "\n".join(lines) + "\n"
+
+
+def _save_figure(fig, path: pathlib.Path) -> None:
+  with atomic_path(path) as tmp:
+    fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+
+
+def write_curves(workdir: pathlib.Path, maps: dict, split, eval_config) -> None:
+  """ROC (image, pixel) and PRO curves of every map on the test split, as PNGs."""
+  from matplotlib.figure import Figure  # no pyplot: no global figure state, no display
+  from sklearn.metrics import roc_curve
+
+  pixel_idx = np.flatnonzero(split.pixel_mask_available)
+  with_pixels = pixel_idx.size > 0 and split.masks[pixel_idx].any()
+  plots = [("roc_image.png", "image ROC", "FPR", "TPR")]
+  if with_pixels:
+    plots += [("roc_pixel.png", "pixel ROC (pooled)", "FPR", "TPR"),
+              ("pro.png", f"PRO up to FPR {eval_config.pro_fpr_limit}", "FPR (normal pixels)",
+               "per-region overlap")]
+  for filename, title, xlabel, ylabel in plots:
+    fig = Figure(figsize=(4.5, 4))
+    ax = fig.add_subplot()
+    for name, m in maps.items():
+      if filename == "roc_image.png":
+        scores = metrics_lib.image_scores(m, eval_config.image_score)
+        x, y, _ = roc_curve(split.labels, scores)
+      elif filename == "roc_pixel.png":
+        x, y, _ = roc_curve(split.masks[pixel_idx].reshape(-1), m[pixel_idx].reshape(-1))
+      else:
+        x, y, _ = metrics_lib.pro_curve(m[pixel_idx], split.masks[pixel_idx],
+                                        max_fpr=eval_config.pro_fpr_limit)
+      ax.plot(x, y, label=name, lw=1.3)
+    if filename == "pro.png":
+      ax.set_xlim(0, eval_config.pro_fpr_limit)
+    else:
+      ax.plot([0, 1], [0, 1], color="grey", lw=0.7, ls="--")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel, ylim=(0, 1.01))
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    _save_figure(fig, workdir / filename)
 
 
 def _to_rgb_cell(image: np.ndarray) -> np.ndarray:
@@ -123,3 +192,58 @@ def pick_overlay_indices(labels: np.ndarray, count: int) -> list[int]:
   n_anom = min(len(anomalous), count - n_normal)
   spread = lambda idx, k: idx[np.linspace(0, len(idx) - 1, k).round().astype(int)] if k else []
   return sorted(set(map(int, spread(anomalous, n_anom))) | set(map(int, spread(normal, n_normal))))
+
+
+def _mean(values):
+  values = [v for v in values if v is not None]
+  return float(np.mean(values)) if values else None
+
+
+def results_tables(per_category: dict[str, dict], variants: list[str], dataset: str
+                   ) -> tuple[str, str]:
+  """(results.md, results.csv) of a sweep: one row per category and a mean row.
+
+  The Markdown table has, per variant, the main metrics and, where the paper reports this
+  category, the paper's number beside ours; the CSV has every metric of every map.
+  """
+  from vqjax.paper_results import paper_value  # local: only sweeps need it
+  categories = list(per_category)
+  maps = variants + [f"baseline_{b}" for b in next(iter(per_category.values()))["baselines"]]
+
+  def metrics_of(category, name):
+    m = per_category[category]
+    return m["baselines"][name[len("baseline_"):]] if name.startswith("baseline_") else m[name]
+
+  keys = [k for k, _ in METRIC_COLUMNS]
+  csv_lines = ["category,map," + ",".join(keys)]
+  for category in categories + ["mean"]:
+    for name in maps:
+      if category == "mean":
+        row = [_mean(metrics_of(c, name).get(k) for c in categories) for k in keys]
+      else:
+        row = [metrics_of(category, name).get(k) for k in keys]
+      csv_lines.append(f"{category},{name}," + ",".join("" if v is None else f"{v:.6f}" for v in row))
+
+  shown = [("pixel_auroc", "pixel AUROC"), ("image_auroc", "image AUROC"), ("au_pro", "AU-PRO"),
+           ("image_accuracy", "image acc.")]
+  shown = [(k, t) for k, t in shown
+           if any(metrics_of(c, variants[0]).get(k) is not None for c in categories)]
+  paper = {(c, v): paper_value(dataset, c, v) for c in categories + ["mean"] for v in variants}
+  header, rows = ["category"], []
+  for v in variants:
+    header += [f"{v} {t}" for _, t in shown]
+    if any(paper[(c, v)] for c in categories):
+      metric = next(p for p in paper.values() if p)[0]
+      header.append(f"{v} paper ({metric.replace('_', ' ')})")
+  for category in categories + ["mean"]:
+    cells = [f"**{category}**" if category == "mean" else category]
+    for v in variants:
+      values = ([_mean(metrics_of(c, v).get(k) for c in categories) for k, _ in shown]
+                if category == "mean" else [metrics_of(category, v).get(k) for k, _ in shown])
+      cells += [format_metric(x) for x in values]
+      if any(paper[(c, v)] for c in categories):
+        p = paper[(category, v)]
+        cells.append("–" if p is None else f"{p[1]:.2f}")
+    rows.append("| " + " | ".join(cells) + " |")
+  md = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|", *rows]
+  return "\n".join(md) + "\n", "\n".join(csv_lines) + "\n"

@@ -1,0 +1,82 @@
+"""Shared defaults that the experiment files in configs/ start from (one place, not three)."""
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def vqvae_ssim_config() -> ml_collections.ConfigDict:
+  """VQ-VAE SSIM / SSIM+AM (Gangloff et al. 2022), CPU-sized; configs/*.py adjust it."""
+  config = ml_collections.ConfigDict()
+  config.method = "vqvae_ssim"
+  config.workdir = "runs/{method}_{category}"  # {category}, {method} are filled in
+  config.seed = 0
+
+  config.data = ml_collections.ConfigDict()
+  config.data.dataset = "mvtec"  # mvtec | ucsd_ped1 | cifar10 | mnist | fashion_mnist
+  config.data.root = config_dict.placeholder(str)  # unset: embedded demo data (mvtec only)
+  config.data.category = "brick"  # or "all": one run per category, then a results table
+  config.data.image_size = 64
+  config.data.val_fraction = 0.1
+  config.data.download = False  # one-vs-rest sets: let tensorflow-datasets download (online)
+
+  config.model = ml_collections.ConfigDict()
+  config.model.channels = 32
+  config.model.num_downsamplings = 2
+  config.model.num_residual_layers = 3
+  config.model.num_codes = 128
+  config.model.embedding_dim = 32
+  config.model.dtype = "float32"  # or "bfloat16" (compute dtype; params, BN stay float32)
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.beta = 0.25  # commitment weight; paper silent, van den Oord's value
+  # Codes used < threshold/K of the time (moving average) restart on an encoder output;
+  # not in the paper, counters codebook collapse (0 = off).
+  config.loss.dead_code_threshold = 0.1
+
+  config.train = ml_collections.ConfigDict()
+  config.train.batch_size = 16
+  config.train.num_steps = 1500
+  config.train.learning_rate = 3e-4
+  config.train.log_every = 50
+  config.train.checkpoint_every = 500
+  config.train.max_checkpoints = 2
+
+  config.anomaly = ml_collections.ConfigDict()
+  config.anomaly.ssim_window = "gaussian"  # or "uniform"
+  config.anomaly.ssim_window_size = 11
+  config.anomaly.ssim_sigma = 1.5
+  config.anomaly.ssim_k1 = 0.01
+  config.anomaly.ssim_k2 = 0.03
+  config.anomaly.ssim_sample_covariance = False
+  config.anomaly.ssim_channel_reduction = "mean"  # or "product"
+  config.anomaly.ssim_dilation = 1  # 1 = no dilation of SM (UCSD-Ped1 dilates it)
+  config.anomaly.am_upsample = "bilinear"
+  config.anomaly.am_dilation = 5  # grey-dilation square side in pixels (odd)
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.batch_size = 32
+  config.eval.image_score = "max"  # reduction of the map to an image score: max | mean
+  config.eval.pro_fpr_limit = 0.3  # AU-PRO integration limit (MVTec's official value)
+  config.eval.threshold_protocol = "bergmann"  # fitted on normal validation maps only
+  config.eval.min_defect_area = 16  # px at data.image_size: Bergmann's minimum defect area
+  config.eval.save_arrays = False
+  config.eval.num_overlays = 8
+  return config
+
+
+def apply_smoke_preset(config: ml_collections.ConfigDict) -> None:
+  """Shrinks model and run to seconds (tests, CI)."""
+  config.model.channels = 16
+  config.model.num_codes = 32
+  config.model.embedding_dim = 8
+  config.model.num_residual_layers = 1
+  config.train.batch_size = 8
+  config.train.num_steps = 6
+  config.train.log_every = 2
+  config.train.checkpoint_every = 3
+  config.anomaly.ssim_window_size = 7
+  config.anomaly.am_dilation = 3
+  config.eval.batch_size = 8
+  config.eval.num_overlays = 2
+  config.eval.min_defect_area = 4
