@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from vqjax.config_defaults import apply_smoke_preset, vqvae_ssim_config
+from vqjax.config_defaults import apply_paper_model, apply_smoke_preset, vqvae_ssim_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -24,14 +24,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.dataset = "cifar10"
   config.data.category = "airplane"
   config.data.image_size = 32
-  config.model.channels = 256
-  config.model.num_downsamplings = 2
-  config.model.num_codes = 512
-  config.model.embedding_dim = 256
+  apply_paper_model(config, num_downsamplings=2)
   config.train.batch_size = 64
-  config.train.num_steps = 10000
-  config.train.log_every = 100
-  config.train.checkpoint_every = 2000
+  config.train.num_steps = 10000  # ~128 epochs of the 4500 training images of a class
   config.anomaly.ssim_window_size = 7  # an 11-px window is a third of a 32-px image
   config.anomaly.am_dilation = 3
   config.eval.image_score = "mean"  # §III-D: average of the pixel-wise map
@@ -42,7 +37,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     pass
   elif preset == "smoke":
     apply_smoke_preset(config)
-    config.eval.image_score = "mean"
   else:
     raise ValueError(f"unknown preset {preset!r} for configs/cifar10_vq.py; "
                      "expected default or smoke")

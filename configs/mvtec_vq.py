@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from vqjax.config_defaults import apply_smoke_preset, vqvae_ssim_config
+from vqjax.config_defaults import apply_paper_model, apply_smoke_preset, vqvae_ssim_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -24,14 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     pass
   elif preset == "paper":
     config.data.image_size = 256
-    config.model.channels = 256
-    config.model.num_downsamplings = 3
-    config.model.num_codes = 512
-    config.model.embedding_dim = 256
-    config.train.batch_size = 32
-    config.train.num_steps = 20000
-    config.train.log_every = 100
-    config.train.checkpoint_every = 2000
+    apply_paper_model(config, num_downsamplings=3)
     config.anomaly.am_dilation = 7
     config.eval.min_defect_area = 64  # 16 px at 64x64 scaled to 256x256
   elif preset == "smoke":

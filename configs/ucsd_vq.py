@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from vqjax.config_defaults import apply_smoke_preset, vqvae_ssim_config
+from vqjax.config_defaults import apply_paper_model, apply_smoke_preset, vqvae_ssim_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -18,14 +18,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.dataset = "ucsd_ped1"
   config.data.category = "ped1"
   config.data.image_size = 128
-  config.model.channels = 256
-  config.model.num_downsamplings = 2
-  config.model.num_codes = 512
-  config.model.embedding_dim = 256
-  config.train.batch_size = 32
-  config.train.num_steps = 20000
-  config.train.log_every = 100
-  config.train.checkpoint_every = 2000
+  apply_paper_model(config, num_downsamplings=2)
   # §III-C: "much better results were obtained by performing a morphological grey dilation
   # also on the SM anomaly map". Size not given: decision, 7 px at 128x128.
   config.anomaly.ssim_dilation = 7

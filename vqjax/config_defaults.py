@@ -80,3 +80,15 @@ def apply_smoke_preset(config: ml_collections.ConfigDict) -> None:
   config.eval.batch_size = 8
   config.eval.num_overlays = 2
   config.eval.min_defect_area = 4
+
+
+def apply_paper_model(config: ml_collections.ConfigDict, num_downsamplings: int) -> None:
+  """Gangloff et al. §III-A sizes (256 channels, M=512, D=256) and a GPU-length run."""
+  config.model.channels = 256
+  config.model.num_downsamplings = num_downsamplings
+  config.model.num_codes = 512
+  config.model.embedding_dim = 256
+  config.train.batch_size = 32
+  config.train.num_steps = 20000
+  config.train.log_every = 100
+  config.train.checkpoint_every = 2000
