@@ -228,16 +228,16 @@ def results_tables(per_category: dict[str, dict], variants: list[str], dataset: 
            ("image_accuracy", "image acc.")]
   shown = [(k, t) for k, t in shown
            if any(metrics_of(c, variants[0]).get(k) is not None for c in categories)]
-  paper = {(c, v): paper_value(dataset, c, v) for c in categories + ["mean"] for v in variants}
+  paper = {(c, v): paper_value(dataset, c, v) for c in categories + ["mean"] for v in maps}
   header, rows = ["category"], []
-  for v in variants:
+  for v in maps:
     header += [f"{v} {t}" for _, t in shown]
     if any(paper[(c, v)] for c in categories):
       metric = next(p for p in paper.values() if p)[0]
       header.append(f"{v} paper ({metric.replace('_', ' ')})")
   for category in categories + ["mean"]:
     cells = [f"**{category}**" if category == "mean" else category]
-    for v in variants:
+    for v in maps:
       values = ([_mean(metrics_of(c, v).get(k) for c in categories) for k, _ in shown]
                 if category == "mean" else [metrics_of(category, v).get(k) for k, _ in shown])
       cells += [format_metric(x) for x in values]

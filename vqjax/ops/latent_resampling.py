@@ -1,0 +1,169 @@
+"""Latent resampling of VQ index tables (Wang et al. 2020 §3.3, Eq. 5).
+
+A causal prior (PixelSNAIL) is given as `logits_fn(tables [B,H,W] int32) -> logits [B,H,W,K]`,
+where logits[b, i, j] parametrise p(z_ij | z_<ij) in raster order. Walking the table in raster
+order, the code k at (m, n) is replaced by argmax_k' p(Z_mn = k' | current prefix) when
+
+    p(Z_mn = k | current prefix) < eta   and   I(m, n) < eta,
+
+I(m, n) being the smallest probability among the bottom half of the 8-neighbourhood of (m, n):
+the neighbours after it in raster order, (m, n+1), (m+1, n-1), (m+1, n), (m+1, n+1).
+
+Decisions (the paper is silent; SPEC §2):
+- `constraint_from="original"` (default): I(m, n) uses the probabilities of the ORIGINAL table's
+  codes from one full pass on the original table; "current" uses the probabilities of the
+  neighbours' codes under the table as it stands when (m, n) is visited.
+- Neighbours outside the table are left out of the min. The last raster position has none;
+  there I = 0, i.e. the constraint holds and the test is p < eta alone.
+- `local_constraint=False` drops the I(m, n) < eta term (the ablation of §4.5).
+
+`resample_sequential` is the definition (one full pass per position); `resample` gives identical
+codes with 1 + (number of changed positions) passes per image.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+CONSTRAINT_SOURCES = ("original", "current")
+
+
+def code_probabilities(logits: jnp.ndarray, tables: jnp.ndarray):
+  """Probability of the present codes and the most likely codes.
+
+  logits [B,H,W,K] (any float dtype), tables [B,H,W] int -> (probs [B,H,W] float32,
+  best [B,H,W] int32). `best` is the argmax of the logits (first index on ties).
+  """
+  logits = logits.astype(jnp.float32)
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  probs = jnp.exp(jnp.take_along_axis(log_probs, tables[..., None].astype(jnp.int32), axis=-1))
+  return probs[..., 0], jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+
+def neighbour_min(probs: jnp.ndarray) -> jnp.ndarray:
+  """I(m, n): min of probs [B,H,W] over (m,n+1), (m+1,n-1), (m+1,n), (m+1,n+1) -> [B,H,W].
+
+  Neighbours outside the table are left out; where none exist (the last raster position) the
+  result is 0, so the constraint I < eta holds there.
+  """
+  padded = jnp.pad(probs, ((0, 0), (0, 1), (1, 1)), constant_values=jnp.inf)
+  h, w = probs.shape[1:]
+  # padded[:, i, j + 1] = probs[:, i, j]; each slice is one neighbour, aligned on (m, n).
+  right = padded[:, :h, 2:w + 2]
+  below_left = padded[:, 1:h + 1, 0:w]
+  below = padded[:, 1:h + 1, 1:w + 1]
+  below_right = padded[:, 1:h + 1, 2:w + 2]
+  lowest = jnp.minimum(jnp.minimum(right, below_left), jnp.minimum(below, below_right))
+  return jnp.where(jnp.isinf(lowest), 0.0, lowest)
+
+
+def _replace_condition(probs, constraint, eta, local_constraint: bool):
+  """Eq. 5's condition, elementwise: p < eta (and I < eta with the local constraint)."""
+  condition = probs < eta
+  if local_constraint:
+    condition = condition & (constraint < eta)
+  return condition
+
+
+def _check_source(constraint_from: str):
+  if constraint_from not in CONSTRAINT_SOURCES:
+    raise ValueError(f"constraint_from must be one of {CONSTRAINT_SOURCES}, got {constraint_from!r}")
+
+
+def resample_sequential(logits_fn, tables: jnp.ndarray, eta, *, local_constraint: bool = True,
+                        constraint_from: str = "original") -> jnp.ndarray:
+  """Eq. 5 by its definition: one full `logits_fn` pass per raster position (H*W passes).
+
+  tables [B,H,W] int -> resampled tables [B,H,W] int32. At each position the conditional is read
+  from `logits_fn` of the whole current table (earlier replacements included). Slow; it is the
+  reference `resample` must equal. jit-able (`lax.fori_loop`); `logits_fn`, `local_constraint`
+  and `constraint_from` are static, `eta` may be traced.
+  """
+  _check_source(constraint_from)
+  tables = tables.astype(jnp.int32)
+  batch, height, width = tables.shape
+  rows = jnp.arange(batch)
+  use_original = local_constraint and constraint_from == "original"
+  if use_original:
+    original_constraint = neighbour_min(code_probabilities(logits_fn(tables), tables)[0])
+
+  def visit(position, current):
+    m, n = position // width, position % width
+    probs, best = code_probabilities(logits_fn(current), current)
+    constraint = original_constraint if use_original else neighbour_min(probs)
+    replace = _replace_condition(probs[rows, m, n], constraint[rows, m, n], eta, local_constraint)
+    return current.at[rows, m, n].set(jnp.where(replace, best[rows, m, n], current[rows, m, n]))
+
+  return lax.fori_loop(0, height * width, visit, tables)
+
+
+def resample(logits_fn, tables: jnp.ndarray, eta, *, local_constraint: bool = True,
+             constraint_from: str = "original", max_passes: int | None = None):
+  """Eq. 5, exactly as `resample_sequential`, in 1 + (number of changes) passes per image.
+
+  tables [B,H,W] int -> (resampled tables [B,H,W] int32, num_passes [B] int32).
+
+  Scheme: each pass runs `logits_fn` on the current tables and finds, per image, the first
+  position at or after that image's cursor where Eq. 5 would CHANGE the code (condition true
+  and argmax != present code; a true condition with argmax == present code changes nothing and
+  the walk goes on). That one change is applied, the cursor moves just past it, and the next
+  pass starts there; an image is done when a pass finds no change (or its cursor passes the end,
+  which saves the last pass when the final position changed: then num_passes = changes).
+
+  Why this equals the sequential walk: let c_1 < c_2 < ... be the positions the sequential walk
+  changes. When it visits a position q in (c_t, c_{t+1}], its table is the original with the
+  changes at c_1..c_t applied -- exactly the table of our pass t (the suffix is untouched in
+  both, since only the visited position is ever written). Same table, same `logits_fn` output,
+  so the same decision at every such q: no change before c_{t+1}, the same change at c_{t+1}.
+  Positions before the cursor are never re-examined, as the walk never revisits them. Causality
+  of `logits_fn` is what makes these logits Eq. 5's p(Z_mn | z_<mn), and it means the prefix
+  alone fixes them. Requires `logits_fn` to treat images independently (inference mode).
+
+  Images are batched with a per-image cursor inside one `lax.while_loop`: finished images stop
+  changing and stop counting passes; the loop ends when all are done or after `max_passes`
+  passes (default H*W, which always suffices). An image cut short by `max_passes` is exact up to
+  its cursor and untouched after it. jit-able: `logits_fn`, `local_constraint`,
+  `constraint_from` and `max_passes` are static, `eta` may be traced.
+  """
+  _check_source(constraint_from)
+  tables = tables.astype(jnp.int32)
+  batch, height, width = tables.shape
+  size = height * width
+  max_passes = size if max_passes is None else int(max_passes)
+  if max_passes < 1:
+    raise ValueError(f"max_passes must be at least 1, got {max_passes}")
+  rows = jnp.arange(batch)
+  positions = jnp.arange(size)
+
+  def not_finished(state):
+    step, _, _, _, done, _ = state
+    return (step < max_passes) & ~jnp.all(done)
+
+  def one_pass(state):
+    step, current, original_constraint, cursor, done, passes = state
+    probs, best = code_probabilities(logits_fn(current), current)
+    # Every image still holds its original table on the first pass.
+    original_constraint = jnp.where(step == 0, neighbour_min(probs), original_constraint)
+    if constraint_from == "original":
+      constraint = original_constraint
+    else:
+      constraint = neighbour_min(probs)
+    changes = _replace_condition(probs, constraint, eta, local_constraint) & (best != current)
+    changes = changes.reshape(batch, size) & (positions[None, :] >= cursor[:, None])
+    found = jnp.any(changes, axis=-1)
+    first = jnp.argmax(changes, axis=-1)
+    apply = found & ~done
+    flat = current.reshape(batch, size)
+    flat = flat.at[rows, first].set(
+        jnp.where(apply, best.reshape(batch, size)[rows, first], flat[rows, first]))
+    passes = passes + (~done).astype(jnp.int32)
+    cursor = jnp.where(apply, first + 1, cursor)
+    done = done | ~found | (cursor >= size)
+    return (step + 1, flat.reshape(batch, height, width), original_constraint, cursor, done, passes)
+
+  state = (jnp.int32(0), tables, jnp.zeros(tables.shape, jnp.float32),
+           jnp.zeros((batch,), jnp.int32), jnp.zeros((batch,), bool),
+           jnp.zeros((batch,), jnp.int32))
+  _, tables, _, _, _, passes = lax.while_loop(not_finished, one_pass, state)
+  return tables, passes
