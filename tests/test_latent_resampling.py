@@ -1,4 +1,4 @@
-"""Latent resampling (Wang et al. 2020 Eq. 5): fast scheme == sequential definition == NumPy walk."""
+"""Latent resampling (Wang et al. 2020 Eq. 5): fast == sequential definition == NumPy walk."""
 import functools
 
 import numpy as np
@@ -27,7 +27,8 @@ def causal_model(height, width, seed=0, dim=8):
   normal = lambda *shape: rng.standard_normal(shape).astype(np.float32)
   embed = jnp.asarray(normal(NUM_CODES, dim))
   mix1 = jnp.asarray(normal(size, size) * np.tril(np.ones((size, size), np.float32), -1))
-  mix2 = jnp.asarray(normal(size, size) * np.tril(np.ones((size, size), np.float32)) / np.sqrt(size))
+  lower = np.tril(np.ones((size, size), np.float32))
+  mix2 = jnp.asarray(normal(size, size) * lower / np.sqrt(size))
   position = jnp.asarray(normal(size, dim))
   readout = jnp.asarray(2.5 * normal(dim, NUM_CODES))
   bias = jnp.asarray(normal(size, NUM_CODES))
@@ -71,7 +72,8 @@ def reference_walk(logits_fn, tables, eta, local_constraint, constraint_from):
       probs, best = _probs_and_best(logits_fn, tables)
       source = original_probs if constraint_from == "original" else probs
       for b in range(tables.shape[0]):
-        if probs[b, m, n] < eta and (not local_constraint or lowest_neighbour(source, b, m, n) < eta):
+        constraint = lowest_neighbour(source, b, m, n) if local_constraint else 0.0
+        if probs[b, m, n] < eta and constraint < eta:
           tables[b, m, n] = best[b, m, n]
   return tables.astype(np.int32)
 

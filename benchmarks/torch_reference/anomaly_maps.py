@@ -98,7 +98,8 @@ def ssim_anomaly_map(images, reconstructions, *, channel_reduction: str = "mean"
     return dissimilarity.mean(dim=1)
   if channel_reduction == "product":
     return dissimilarity.prod(dim=1)
-  raise ValueError(f"channel_reduction must be one of {CHANNEL_REDUCTIONS}, got {channel_reduction!r}")
+  raise ValueError(
+      f"channel_reduction must be one of {CHANNEL_REDUCTIONS}, got {channel_reduction!r}")
 
 
 def grey_dilation(maps: torch.Tensor, size: int) -> torch.Tensor:

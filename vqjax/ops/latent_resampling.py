@@ -68,7 +68,8 @@ def _replace_condition(probs, constraint, eta, local_constraint: bool):
 
 def _check_source(constraint_from: str):
   if constraint_from not in CONSTRAINT_SOURCES:
-    raise ValueError(f"constraint_from must be one of {CONSTRAINT_SOURCES}, got {constraint_from!r}")
+    raise ValueError(f"constraint_from must be one of {CONSTRAINT_SOURCES}, "
+                     f"got {constraint_from!r}")
 
 
 def resample_sequential(logits_fn, tables: jnp.ndarray, eta, *, local_constraint: bool = True,
@@ -100,7 +101,7 @@ def resample_sequential(logits_fn, tables: jnp.ndarray, eta, *, local_constraint
 
 def resample(logits_fn, tables: jnp.ndarray, eta, *, local_constraint: bool = True,
              constraint_from: str = "original", max_passes: int | None = None):
-  """Eq. 5, exactly as `resample_sequential`, in 1 + (number of changes) passes per image.
+  """Eq. 5, exactly as `resample_sequential`, in at most 1 + (number of changes) passes per image.
 
   tables [B,H,W] int -> (resampled tables [B,H,W] int32, num_passes [B] int32).
 
