@@ -103,6 +103,7 @@ def test_cli_runs_on_a_greyscale_demo_category(tmp_path):
     ("--config.data.image_size=30", "config.data.image_size = 30: expected a multiple of"),
     ("--config.model.dtype=float16", "config.model.dtype = 'float16': expected one of"),
     ("--config.data.root=/nonexistent/mvtec", "/nonexistent/mvtec"),
+    ("--config.data.category=all", "containing '{category}' when data.category=all"),
 ])
 def test_cli_rejects_bad_config_with_a_clear_message(tmp_path, override, expected):
   out = _run_cli(override, f"--config.workdir={tmp_path / 'run'}")

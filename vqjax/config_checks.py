@@ -51,6 +51,10 @@ def validate_config(config) -> None:
   _require(isinstance(config.workdir, str) and config.workdir.strip() != "", "workdir",
            "a non-empty folder path", config.workdir)
   _require(isinstance(config.seed, int), "seed", "an integer", config.seed)
+  if config.data.category == "all":
+    _require("{category}" in config.workdir, "workdir",
+             "a path containing '{category}' when data.category=all (one workdir per category)",
+             config.workdir)
   _one_of(config, "data.dataset", DATASETS)
   _require(isinstance(_get(config, "data.download"), bool), "data.download", "True or False",
            config.data.download)

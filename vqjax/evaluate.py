@@ -3,7 +3,6 @@ from __future__ import annotations
 
 
 import jax
-import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import numpy as np
 
@@ -12,11 +11,7 @@ from vqjax import metrics, sharding
 
 def make_predict_fn(method, mesh):
   """Jitted (variables, images uint8 [B,H,W,C]) -> method.predict outputs, batch-sharded."""
-
-  def predict(variables, images_u8):
-    return method.predict(variables, images_u8.astype(jnp.float32) / 255.0)
-
-  return jax.jit(predict, in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
+  return jax.jit(method.predict, in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
                  out_shardings=sharding.batch_sharded(mesh))
 
 

@@ -46,8 +46,9 @@ def batch_indices(step: int, batch_size: int, num_examples: int, seed: int) -> n
   return out
 
 
-def init_train_state(method, optimizer, rng, image_shape) -> TrainState:
-  variables = method.init(rng, jnp.zeros((1, *image_shape), jnp.float32))
+def init_train_state(method, optimizer, rng, example_shape, example_dtype=jnp.uint8) -> TrainState:
+  """State for inputs like one example of shape `example_shape` (images, index tables...)."""
+  variables = method.init(rng, jnp.zeros((1, *example_shape), example_dtype))
   params = variables["params"]
   model_state = {k: v for k, v in variables.items() if k != "params"}
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
@@ -55,13 +56,16 @@ def init_train_state(method, optimizer, rng, image_shape) -> TrainState:
 
 
 def make_train_step(method, optimizer) -> Callable:
-  """(state, images uint8 [B,H,W,C], root_key) -> (state, metrics); pure, jit-able."""
+  """(state, batch [B,...] as stored, root_key) -> (state, metrics); pure, jit-able.
 
-  def train_step(state: TrainState, images_u8, root_key):
-    images = images_u8.astype(jnp.float32) / 255.0
+  The batch goes to the method as it is stored on the host (e.g. uint8 images, int32
+  index tables): conversion happens on device, inside the method.
+  """
+
+  def train_step(state: TrainState, batch, root_key):
     rng = jax.random.fold_in(root_key, state.step)
     grad_fn = jax.value_and_grad(method.loss, has_aux=True)
-    (_, (model_state, metrics)), grads = grad_fn(state.params, state.model_state, images, rng)
+    (_, (model_state, metrics)), grads = grad_fn(state.params, state.model_state, batch, rng)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     if hasattr(method, "post_update"):  # e.g. VQ dead-code restarts
@@ -111,7 +115,8 @@ class _ScalarLog:
 
 def train(config, method, train_images: np.ndarray, workdir: pathlib.Path, *,
           log: Callable[[str], None] = print, show_progress: bool = True) -> tuple[dict, dict]:
-  """Trains `method` on train_images [N,H,W,C] uint8; resumes from the latest checkpoint.
+  """Trains `method` on train_images [N,...] (uint8 images, or whatever the method's loss
+  takes) with config.train and config.seed; resumes from the latest checkpoint.
 
   Returns (variables for `method.predict`, timing/summary dict).
   """
@@ -119,7 +124,8 @@ def train(config, method, train_images: np.ndarray, workdir: pathlib.Path, *,
   mesh = sharding.make_data_mesh()
   replicated = sharding.replicated(mesh)
   optimizer = make_optimizer(tc)
-  init_fn = lambda rng: init_train_state(method, optimizer, rng, train_images.shape[1:])
+  init_fn = lambda rng: init_train_state(method, optimizer, rng, train_images.shape[1:],
+                                         train_images.dtype)
   root_key = jax.random.key(config.seed)
   init_key, step_key = jax.random.split(root_key)
 

@@ -23,6 +23,13 @@ from vqjax.ops.morphology import grey_dilation
 _USAGE_DECAY = 0.99  # per-step decay of the code-usage moving average (~100-step memory)
 
 
+def to_unit_range(images):
+  """uint8 images -> float32 in [0,1] (on device); float images pass through as float32."""
+  if jnp.issubdtype(images.dtype, jnp.integer):
+    return images.astype(jnp.float32) / 255.0
+  return images.astype(jnp.float32)
+
+
 @dataclasses.dataclass(frozen=True)
 class VQVAESSIM:
   """The surface every method exposes to the trainer and the evaluator."""
@@ -44,19 +51,20 @@ class VQVAESSIM:
                dead_code_threshold=config.loss.dead_code_threshold)
 
   def init(self, rng, images):
-    """Variables {'params', 'batch_stats', 'vq_stats'} for images [B,H,W,C] float32.
+    """Variables {'params', 'batch_stats', 'vq_stats'} for images [B,H,W,C].
 
     vq_stats: usage [K] = moving average of the fraction of latent positions assigned to
     each code (starts uniform); candidates [K,D] = encoder outputs of the latest batch.
     """
-    variables = dict(self.model.init(rng, images, train=False))
+    variables = dict(self.model.init(rng, to_unit_range(images), train=False))
     k, d = self.model.num_codes, self.model.embedding_dim
     variables["vq_stats"] = {"usage": jnp.full((k,), 1.0 / k, jnp.float32),
                              "candidates": jnp.zeros((k, d), jnp.float32)}
     return variables
 
   def loss(self, params, model_state, images, rng):
-    """images [B,H,W,C] in [0,1] -> (loss, (new_model_state, metrics))."""
+    """images [B,H,W,C] (uint8, or float in [0,1]) -> (loss, (new_model_state, metrics))."""
+    images = to_unit_range(images)
     (logits, aux), updates = self.model.apply(
         {"params": params, "batch_stats": model_state["batch_stats"]}, images, train=True,
         mutable=["batch_stats"])
@@ -91,8 +99,9 @@ class VQVAESSIM:
             {**model_state, "vq_stats": {**stats, "usage": usage}})
 
   def predict(self, variables, images):
-    """images [B,H,W,C] in [0,1] -> dict(reconstructions [B,H,W,C], maps {variant: [B,H,W]},
-    indices [B,h,w]). Higher map values = more anomalous."""
+    """images [B,H,W,C] (uint8, or float in [0,1]) -> dict(reconstructions [B,H,W,C] in
+    [0,1], maps {variant: [B,H,W]}, indices [B,h,w]). Higher map values = more anomalous."""
+    images = to_unit_range(images)
     a = self.anomaly
     logits, aux = self.model.apply(
         {"params": variables["params"], "batch_stats": variables["batch_stats"]}, images,
