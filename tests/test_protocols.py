@@ -115,3 +115,24 @@ def test_cifar10_one_vs_rest_sweep_over_ten_classes(tmp_path):
   assert "| airplane |" in table and "| **mean** |" in table
   assert "paper (image auroc)" in table and "| **mean** |" in table.splitlines()[-1]
   assert "0.66" in table.splitlines()[-1]  # Table III mean of SSIM+AM beside ours
+
+
+@pytest.mark.parametrize("overrides", [
+    (),
+    ("--config.anomaly.residual=input_vs_output", "--config.anomaly.local_constraint=False",
+     "--config.anomaly.eta=0.5"),
+])
+def test_latent_resampling_runs_end_to_end_and_writes_all_metrics(tmp_path, overrides):
+  workdir = tmp_path / "run"
+  _run("configs/mvtec_vq_resample.py:smoke", f"--config.workdir={workdir}", *overrides)
+  metrics = json.loads((workdir / "metrics.json").read_text())
+  r = metrics["resample"]
+  for key in ("pixel_auroc", "image_auroc", "au_pro", "image_accuracy", "image_f1", "pixel_f1"):
+    assert 0.0 <= r[key] <= 1.0, key
+  for stage in ("vqvae", "prior"):
+    assert (workdir / stage / "checkpoints").is_dir() and (workdir / stage / "train_log.jsonl").exists()
+  if overrides:
+    assert metrics["run"]["eta"] == 0.5 and metrics["run"]["eta_search"] is None
+  else:  # grid search on validation images with rectangles, never on test
+    assert set(metrics["run"]["eta_search"]) == {"0.001", "0.1"}
+    assert metrics["run"]["eta"] in (0.001, 0.1)

@@ -74,6 +74,7 @@ def validate_config(config) -> None:
   _require(size % (2**downs) == 0 and size // (2**downs) >= 1, "data.image_size",
            f"a multiple of 2^model.num_downsamplings = {2**downs}", size)
   _one_of(config, "model.dtype", tuple(COMPUTE_DTYPES))
+  _one_of(config, "loss.likelihood", ("continuous_bernoulli", "mse"))
   _require(_get(config, "loss.beta") >= 0, "loss.beta", "a non-negative number", config.loss.beta)
 
   n_dev = jax.device_count()
@@ -87,6 +88,8 @@ def validate_config(config) -> None:
   for key in ("train.log_every", "train.checkpoint_every", "train.max_checkpoints"):
     _positive_int(config, key)
 
+  if config.method == "vqvae_resample":
+    _check_resample_keys(config)
   _one_of(config, "anomaly.ssim_window", WINDOWS)
   _odd(config, "anomaly.ssim_window_size")
   _require(config.anomaly.ssim_window_size <= size, "anomaly.ssim_window_size",
@@ -106,3 +109,29 @@ def validate_config(config) -> None:
            config.eval.save_arrays)
   _require(isinstance(config.eval.num_overlays, int) and config.eval.num_overlays >= 0,
            "eval.num_overlays", "an integer >= 0", config.eval.num_overlays)
+
+
+def _check_resample_keys(config) -> None:
+  """Keys of the latent-resampling method (Wang et al. 2020)."""
+  for key in ("prior.channels", "prior.num_blocks", "prior.num_res_blocks", "prior.num_heads",
+              "prior.kernel_size", "prior_train.batch_size", "prior_train.num_steps",
+              "prior_train.log_every", "prior_train.checkpoint_every",
+              "prior_train.max_checkpoints"):
+    _positive_int(config, key)
+  _require(config.prior.channels % config.prior.num_heads == 0, "prior.num_heads",
+           f"a divisor of prior.channels ({config.prior.channels})", config.prior.num_heads)
+  _require(0 <= _get(config, "prior.dropout") < 1, "prior.dropout", "a number in [0, 1)",
+           config.prior.dropout)
+  _require(_get(config, "prior_train.learning_rate") > 0, "prior_train.learning_rate",
+           "a positive number", config.prior_train.learning_rate)
+  eta = _get(config, "anomaly.eta")
+  _require(0 <= eta < 1, "anomaly.eta", "a probability in [0, 1) (0 = grid search)", eta)
+  grid = _get(config, "anomaly.eta_grid")
+  _require(len(grid) > 0 and all(0 < e < 1 for e in grid), "anomaly.eta_grid",
+           "a non-empty list of probabilities in (0, 1)", grid)
+  _require(0 < _get(config, "anomaly.val_rectangle_area") < 1, "anomaly.val_rectangle_area",
+           "a fraction of the image area in (0, 1)", config.anomaly.val_rectangle_area)
+  _require(isinstance(_get(config, "anomaly.local_constraint"), bool),
+           "anomaly.local_constraint", "True or False", config.anomaly.local_constraint)
+  _one_of(config, "anomaly.residual", ("restored_vs_direct", "input_vs_output"))
+  _positive_int(config, "anomaly.bilateral_diameter")

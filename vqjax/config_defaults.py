@@ -29,6 +29,7 @@ def vqvae_ssim_config() -> ml_collections.ConfigDict:
   config.model.dtype = "float32"  # or "bfloat16" (compute dtype; params, BN stay float32)
 
   config.loss = ml_collections.ConfigDict()
+  config.loss.likelihood = "continuous_bernoulli"  # Gangloff Eq. 4; "mse" = Wang Eq. 3
   config.loss.beta = 0.25  # commitment weight; paper silent, van den Oord's value
   # Codes used < threshold/K of the time (moving average) restart on an encoder output;
   # not in the paper, counters codebook collapse (0 = off).
@@ -92,3 +93,39 @@ def apply_paper_model(config: ml_collections.ConfigDict, num_downsamplings: int)
   config.train.num_steps = 20000
   config.train.log_every = 100
   config.train.checkpoint_every = 2000
+
+
+def vqvae_resample_config() -> ml_collections.ConfigDict:
+  """VQ-VAE + PixelSNAIL latent resampling (Wang et al. 2020), CPU-sized."""
+  config = vqvae_ssim_config()
+  config.method = "vqvae_resample"
+  config.loss.likelihood = "mse"  # Eq. 3
+  config.model.num_residual_layers = 3  # paper: 8
+  config.train.num_steps = 1500
+
+  config.prior = ml_collections.ConfigDict()
+  config.prior.channels = 32  # paper-size runs: 128
+  config.prior.num_blocks = 3  # §4.3.2: (one residual + one attention block) x 3
+  config.prior.num_res_blocks = 1
+  config.prior.num_heads = 4
+  config.prior.kernel_size = 5
+  config.prior.dropout = 0.1
+
+  config.prior_train = ml_collections.ConfigDict()
+  config.prior_train.batch_size = 16
+  config.prior_train.num_steps = 1500
+  config.prior_train.learning_rate = 3e-4  # §4.3.2
+  config.prior_train.log_every = 50
+  config.prior_train.checkpoint_every = 500
+  config.prior_train.max_checkpoints = 2
+
+  # §3.3-§3.4 scoring. eta = 0: grid search on validation images with rectangles (§4.3.3).
+  config.anomaly.eta = 0.0
+  config.anomaly.eta_grid = (1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2)
+  config.anomaly.val_rectangle_area = 0.01
+  config.anomaly.local_constraint = True  # False: §4.5 ablation
+  config.anomaly.residual = "restored_vs_direct"  # or "input_vs_output" (§4.5 ablation)
+  config.anomaly.bilateral_diameter = 5  # paper: 20 at 256x256
+  config.anomaly.bilateral_sigma_color = 75.0
+  config.anomaly.bilateral_sigma_space = 75.0
+  return config

@@ -11,7 +11,6 @@ import numpy as np
 
 from vqjax import data, evaluate, report, sharding
 from vqjax.methods import get_method
-from vqjax.train import train
 
 logger = logging.getLogger("vqjax")
 
@@ -81,8 +80,8 @@ def run(config, *, show_progress: bool = True) -> dict:
               int(dataset.test.labels.sum()), *dataset.train.images.shape[1:])
   method = get_method(config, dataset.num_channels)
   t0 = time.perf_counter()
-  variables, train_summary = train(config, method, dataset.train.images, workdir,
-                                   log=logger.info, show_progress=show_progress)
+  variables, train_summary = method.fit(config, dataset, workdir, log=logger.info,
+                                        show_progress=show_progress)
 
   mesh = sharding.make_data_mesh()
   predict_fn = evaluate.make_predict_fn(method, mesh)
@@ -113,6 +112,7 @@ def run(config, *, show_progress: bool = True) -> dict:
       "total_seconds": time.perf_counter() - t0,
       "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
       "image_score": config.eval.image_score,
+      **{k: train_summary[k] for k in ("prior_steps", "eta", "eta_search") if k in train_summary},
   }
   if has_val:
     # Statistics of maps on held-out normal images: where thresholds come from.

@@ -1,11 +1,14 @@
-"""Methods by name. Each exposes: from_config(config, num_channels), init(rng, images),
-loss(params, model_state, images, rng) -> (loss, (model_state, metrics)),
-predict(variables, images) -> dict(reconstructions, maps={variant: [B,H,W]}, ...), variants."""
+"""Methods by name. Each exposes: from_config(config, num_channels),
+fit(config, dataset, workdir, log=...) -> (variables, summary) (through the generic trainer,
+whose surface is init(rng, batch) and loss(params, model_state, batch, rng)),
+predict(variables, images uint8) -> dict(reconstructions, maps={variant: [B,H,W]}, ...),
+variants, and `model` (the VQ-VAE, for codebook statistics)."""
 from __future__ import annotations
 
+from vqjax.methods.latent_resampling import LatentResampling
 from vqjax.methods.vqvae_ssim import VQVAESSIM
 
-METHODS = {"vqvae_ssim": VQVAESSIM}
+METHODS = {"vqvae_ssim": VQVAESSIM, "vqvae_resample": LatentResampling}
 
 
 def get_method(config, num_channels: int):

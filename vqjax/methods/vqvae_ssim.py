@@ -19,8 +19,14 @@ from vqjax.models.vqvae import VQVAE
 from vqjax.ops import continuous_bernoulli
 from vqjax.ops.anomaly_maps import ssim_anomaly_map, upsampled_alignment_map
 from vqjax.ops.morphology import grey_dilation
+from vqjax.train import train
 
 _USAGE_DECAY = 0.99  # per-step decay of the code-usage moving average (~100-step memory)
+
+
+def _eval_vars(variables):
+  """The collections the VQ-VAE module reads at inference (not the trainer's vq_stats)."""
+  return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
 
 
 def to_unit_range(images):
@@ -37,6 +43,8 @@ class VQVAESSIM:
   beta: float
   anomaly: ml_collections.FrozenConfigDict
   dead_code_threshold: float = 0.0
+  # 'continuous_bernoulli' (Gangloff Eq. 4) or 'mse' (Wang et al. 2020 Eq. 3).
+  likelihood: str = "continuous_bernoulli"
   variants: tuple[str, ...] = ("ssim", "ssim_am")
 
   @classmethod
@@ -48,7 +56,30 @@ class VQVAESSIM:
                   dtype=COMPUTE_DTYPES[m.dtype])
     return cls(model=model, beta=config.loss.beta,
                anomaly=ml_collections.FrozenConfigDict(config.anomaly),
-               dead_code_threshold=config.loss.dead_code_threshold)
+               dead_code_threshold=config.loss.dead_code_threshold,
+               likelihood=config.loss.likelihood)
+
+  def fit(self, config, dataset, workdir, *, log, show_progress=True):
+    """Trains on dataset.train; returns (variables, summary)."""
+    return train(config, self, dataset.train.images, workdir, log=log,
+                 show_progress=show_progress)
+
+  def reconstruction(self, decoder_output):
+    """Image-space reconstruction in [0,1] from the decoder output: the continuous-Bernoulli
+    mean (a decision: the mean, not lambda) or, for the MSE model, the output itself."""
+    if self.likelihood == "mse":
+      return decoder_output
+    return continuous_bernoulli.mean(decoder_output)
+
+  def encode_indices(self, variables, images):
+    """images [B,H,W,C] -> codebook indices [B,h,w] int32 (eval mode)."""
+    z_e = self.model.apply(_eval_vars(variables), to_unit_range(images), method=VQVAE.encode)
+    return self.model.apply(_eval_vars(variables), z_e, method=VQVAE.quantize)[0]
+
+  def decode_indices(self, variables, indices):
+    """indices [B,h,w] -> reconstructions [B,H,W,C] in [0,1]-ish (eval mode)."""
+    return self.reconstruction(
+        self.model.apply(_eval_vars(variables), indices, method=VQVAE.decode_from_indices))
 
   def init(self, rng, images):
     """Variables {'params', 'batch_stats', 'vq_stats'} for images [B,H,W,C].
@@ -68,7 +99,10 @@ class VQVAESSIM:
     (logits, aux), updates = self.model.apply(
         {"params": params, "batch_stats": model_state["batch_stats"]}, images, train=True,
         mutable=["batch_stats"])
-    nll = -jnp.mean(continuous_bernoulli.log_prob(images, logits))
+    if self.likelihood == "mse":
+      nll = jnp.mean(jnp.square(images - logits))
+    else:
+      nll = -jnp.mean(continuous_bernoulli.log_prob(images, logits))
     z_e, z_q = aux["z_e"], aux["z_q"]
     codebook_loss = jnp.mean(jnp.square(jax.lax.stop_gradient(z_e) - z_q))
     commitment_loss = jnp.mean(jnp.square(z_e - jax.lax.stop_gradient(z_q)))
@@ -103,10 +137,8 @@ class VQVAESSIM:
     [0,1], maps {variant: [B,H,W]}, indices [B,h,w]). Higher map values = more anomalous."""
     images = to_unit_range(images)
     a = self.anomaly
-    logits, aux = self.model.apply(
-        {"params": variables["params"], "batch_stats": variables["batch_stats"]}, images,
-        train=False)
-    reconstructions = continuous_bernoulli.mean(logits)
+    logits, aux = self.model.apply(_eval_vars(variables), images, train=False)
+    reconstructions = self.reconstruction(logits)
     sm = ssim_anomaly_map(images, reconstructions, channel_reduction=a.ssim_channel_reduction,
                           window=a.ssim_window, window_size=a.ssim_window_size,
                           sigma=a.ssim_sigma, k1=a.ssim_k1, k2=a.ssim_k2, data_range=1.0,
