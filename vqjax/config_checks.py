@@ -4,6 +4,7 @@ from __future__ import annotations
 import jax
 
 from vqjax.data import DATASETS
+from vqjax.data.augment import POLICIES as AUGMENT_POLICIES
 from vqjax.metrics import IMAGE_SCORE_REDUCTIONS
 from vqjax.models import COMPUTE_DTYPES
 from vqjax.ops.anomaly_maps import CHANNEL_REDUCTIONS
@@ -88,6 +89,11 @@ def validate_config(config) -> None:
   for key in ("train.log_every", "train.checkpoint_every", "train.max_checkpoints"):
     _positive_int(config, key)
 
+  _one_of(config, "augment.policy", AUGMENT_POLICIES)
+  _require(0 <= _get(config, "augment.max_rotation_degrees") <= 180,
+           "augment.max_rotation_degrees", "degrees in [0, 180]", config.augment.max_rotation_degrees)
+  _require(0 < _get(config, "augment.crop_fraction") <= 1, "augment.crop_fraction",
+           "a fraction in (0, 1]", config.augment.crop_fraction)
   if config.method == "vqvae_resample":
     _check_resample_keys(config)
   _one_of(config, "anomaly.ssim_window", WINDOWS)

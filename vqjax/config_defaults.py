@@ -35,6 +35,13 @@ def vqvae_ssim_config() -> ml_collections.ConfigDict:
   # not in the paper, counters codebook collapse (0 = off).
   config.loss.dead_code_threshold = 0.1
 
+  # Training augmentation on device (vqjax/data/augment.py): none | auto (§4.3.1 of Wang
+  # et al. per MVTec category) | rot90_flip | small_rotation | texture.
+  config.augment = ml_collections.ConfigDict()
+  config.augment.policy = "none"
+  config.augment.max_rotation_degrees = 10.0
+  config.augment.crop_fraction = 0.875
+
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 16
   config.train.num_steps = 1500
@@ -100,6 +107,7 @@ def vqvae_resample_config() -> ml_collections.ConfigDict:
   config = vqvae_ssim_config()
   config.method = "vqvae_resample"
   config.loss.likelihood = "mse"  # Eq. 3
+  config.augment.policy = "auto"  # §4.3.1
   config.model.num_residual_layers = 3  # paper: 8
   config.train.num_steps = 1500
 

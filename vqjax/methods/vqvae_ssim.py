@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from vqjax.data.augment import augment_images, resolve_policy
 from vqjax.models import COMPUTE_DTYPES
 from vqjax.models.vqvae import VQVAE
 from vqjax.ops import continuous_bernoulli
@@ -45,6 +46,7 @@ class VQVAESSIM:
   dead_code_threshold: float = 0.0
   # 'continuous_bernoulli' (Gangloff Eq. 4) or 'mse' (Wang et al. 2020 Eq. 3).
   likelihood: str = "continuous_bernoulli"
+  augment: ml_collections.FrozenConfigDict | None = None  # resolved policy + parameters
   variants: tuple[str, ...] = ("ssim", "ssim_am")
 
   @classmethod
@@ -57,7 +59,10 @@ class VQVAESSIM:
     return cls(model=model, beta=config.loss.beta,
                anomaly=ml_collections.FrozenConfigDict(config.anomaly),
                dead_code_threshold=config.loss.dead_code_threshold,
-               likelihood=config.loss.likelihood)
+               likelihood=config.loss.likelihood,
+               augment=ml_collections.FrozenConfigDict(
+                   {**config.augment.to_dict(),
+                    "policy": resolve_policy(config.augment.policy, config.data.category)}))
 
   def fit(self, config, dataset, workdir, *, log, show_progress=True):
     """Trains on dataset.train; returns (variables, summary)."""
@@ -96,6 +101,10 @@ class VQVAESSIM:
   def loss(self, params, model_state, images, rng):
     """images [B,H,W,C] (uint8, or float in [0,1]) -> (loss, (new_model_state, metrics))."""
     images = to_unit_range(images)
+    if self.augment is not None:
+      images = augment_images(images, jax.random.fold_in(rng, 1), self.augment.policy,
+                              max_degrees=self.augment.max_rotation_degrees,
+                              crop_fraction=self.augment.crop_fraction)
     (logits, aux), updates = self.model.apply(
         {"params": params, "batch_stats": model_state["batch_stats"]}, images, train=True,
         mutable=["batch_stats"])
