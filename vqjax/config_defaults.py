@@ -121,7 +121,7 @@ def vqvae_resample_config() -> ml_collections.ConfigDict:
 
   config.prior_train = ml_collections.ConfigDict()
   config.prior_train.batch_size = 16
-  config.prior_train.num_steps = 1500
+  config.prior_train.num_steps = 600
   config.prior_train.learning_rate = 3e-4  # §4.3.2
   config.prior_train.log_every = 50
   config.prior_train.checkpoint_every = 500
