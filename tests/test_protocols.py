@@ -136,3 +136,15 @@ def test_latent_resampling_runs_end_to_end_and_writes_all_metrics(tmp_path, over
   else:  # grid search on validation images with rectangles, never on test
     assert set(metrics["run"]["eta_search"]) == {"0.001", "0.1"}
     assert metrics["run"]["eta"] in (0.001, 0.1)
+    # The resampling benchmark restores this trained run and checks fast == naive codes.
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_resampling", "--config",
+         "configs/mvtec_vq_resample.py:smoke", "--workdir", str(workdir), "--batches", "1,2",
+         "--repeats", "1", "--out", str(tmp_path / "resampling.json")],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads((tmp_path / "resampling.json").read_text())["rows"]
+    assert {(r["images"], r["batch"]) for r in rows} == {
+        ("normal", 1), ("normal", 2), ("defective", 1), ("defective", 2)}
+    assert all(r["exact"] and r["fast_images_per_s"] > 0 for r in rows)
+    assert "| speed-up |" in out.stdout

@@ -1,0 +1,36 @@
+"""What the harness measures: presets, parts and variants (no JAX / torch import here, so the
+CLI can set XLA's environment before JAX loads)."""
+from __future__ import annotations
+
+PRESETS = {
+    # configs/mvtec_vq.py preset, inference / SSIM batches, train batches, timed calls,
+    # warm-up calls
+    "paper": dict(config="paper", batches=(1, 8, 64, 256), train_batches=(32, 64),
+                  repeats=50, warmup=10),
+    "cpu": dict(config="default", batches=(1, 8, 32), train_batches=(8, 32),
+                repeats=20, warmup=3),
+    "smoke": dict(config="smoke", batches=(1, 4), train_batches=(4,), repeats=3, warmup=1),
+}
+PARTS = ("inference", "train", "ssim")
+# part -> [(variant key, label, precision)]; report.py's ratios refer to these keys.
+VARIANTS = {
+    "inference": [
+        ("vqjax_fp32", "vqjax jit fp32", "fp32"),
+        ("vqjax_bf16", "vqjax jit bf16", "bf16"),
+        ("torch_eager_fp32", "torch eager fp32 (reference)", "fp32"),
+        ("torch_eager_bf16_cl", "torch eager bf16 AMP + channels_last", "bf16"),
+        ("torch_compile_bf16_cl", "torch.compile bf16 AMP + channels_last", "bf16"),
+    ],
+    "train": [
+        ("vqjax_fp32", "vqjax jit train step fp32", "fp32"),
+        ("vqjax_bf16", "vqjax jit train step bf16", "bf16"),
+        ("torch_eager_fp32", "torch eager fp32", "fp32"),
+        ("torch_eager_bf16_cl", "torch eager bf16 AMP + channels_last", "bf16"),
+    ],
+    "ssim": [
+        ("vqjax_fp32", "vqjax ssim_map jit", "fp32"),
+        ("torch_eager_fp32", "torch reference ssim_map eager", "fp32"),
+    ],
+}
+# --fp32-precision -> jax_default_matmul_precision (convs and dots without explicit precision)
+JAX_PRECISION = {"tf32": "tensorfloat32", "fp32": "float32"}

@@ -1,0 +1,192 @@
+"""vqjax workloads: the jitted anomaly-map pipeline, the jitted train step, the SSIM map.
+
+Each builder places its own copy of the variables and of the input batches on the device
+(committed arrays, so every jitted call runs there) and compiles ahead of time, so the
+compile is timed apart from the first run.
+"""
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks.harness import MemoryProbe, Workload
+from vqjax.methods.vqvae_ssim import VQVAESSIM
+from vqjax.ops.ssim import ssim_map
+from vqjax.train import TrainState, make_optimizer, make_train_step
+
+
+def select_device(kind: str) -> jax.Device:
+  """kind 'gpu' or 'cpu' -> the first JAX device of that platform."""
+  return jax.devices(kind)[0]
+
+
+def gpu_visible() -> bool:
+  try:
+    return bool(jax.devices("gpu"))
+  except RuntimeError:  # no CUDA backend in this jaxlib / no GPU
+    return False
+
+
+def method_for(config, dtype: str, num_channels: int) -> VQVAESSIM:
+  """The VQ-VAE SSIM method of `config` with model.dtype = dtype ('float32' | 'bfloat16').
+
+  Pinned to what the PyTorch twin does: continuous-Bernoulli likelihood, no augmentation.
+  """
+  config = config.copy_and_resolve_references()
+  config.model.dtype = dtype
+  if "likelihood" in config.loss:
+    config.loss.likelihood = "continuous_bernoulli"
+  if "augment" in config:
+    config.augment.policy = "none"
+  return VQVAESSIM.from_config(config, num_channels=num_channels)
+
+
+def random_variables(method: VQVAESSIM, image_shape, seed: int = 0) -> dict:
+  """Host (NumPy) variables laid out as `method.init` makes them, filled from NumPy.
+
+  Kernels N(0, 1/fan_in), zero biases, BatchNorm identity, codebook N(0, 1), vq_stats as
+  initialised. Cheaper than Flax's init (seconds of compile on a small CPU), and timings
+  do not depend on the values.
+  """
+  shapes = jax.eval_shape(method.init, jax.random.key(0),
+                          jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = path[-1].key
+    if name == "kernel":
+      value = rng.standard_normal(leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))
+    elif name == "codebook":
+      value = rng.standard_normal(leaf.shape)
+    elif name in ("scale", "var"):
+      value = np.ones(leaf.shape)
+    elif name == "usage":
+      value = np.full(leaf.shape, 1.0 / leaf.shape[0])
+    else:  # biases, BatchNorm means, candidate codes
+      value = np.zeros(leaf.shape)
+    return value.astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+class JaxMemoryProbe(MemoryProbe):
+  """`peak_bytes_in_use` of the device allocator (GPU only).
+
+  It is process-wide and never goes down: the value after a configuration is the highest
+  use so far, its own only when this configuration raised it. The note says which.
+  """
+
+  def __init__(self, device: jax.Device):
+    self.device = device
+    self.before = None
+
+  def _stats(self):
+    return self.device.memory_stats() if self.device.platform != "cpu" else None
+
+  def reset(self):
+    stats = self._stats()
+    self.before = stats.get("peak_bytes_in_use") if stats else None
+
+  def read(self) -> dict:
+    stats = self._stats()
+    if not stats or "peak_bytes_in_use" not in stats:
+      return super().read()
+    peak = int(stats["peak_bytes_in_use"])
+    raised = self.before is None or peak > self.before
+    note = ("process-wide peak, raised by this configuration" if raised else
+            "process-wide peak, not raised by this configuration (its own peak is <= this)")
+    return {"peak_bytes": peak, "peak_note": note, "peak_is_upper_bound": not raised}
+
+
+def _program_info(compiled) -> dict:
+  """XLA's own byte counts for one compiled program (exact per configuration)."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # not every backend implements it
+    return {}
+  if m is None:
+    return {}
+  parts = dict(argument=m.argument_size_in_bytes, output=m.output_size_in_bytes,
+               temp=m.temp_size_in_bytes, alias=m.alias_size_in_bytes)
+  total = parts["argument"] + parts["output"] + parts["temp"] - parts["alias"]
+  return {"xla_program_bytes": int(total), "xla_memory_analysis": parts}
+
+
+def _aot(jitted, args, holder: dict):
+  """Returns compile() for the Workload: lowers and compiles, keeps the executable."""
+
+  def compile_now() -> float:
+    start = time.perf_counter()
+    holder["compiled"] = jitted.lower(*args).compile()
+    return time.perf_counter() - start
+
+  return compile_now
+
+
+def inference(method: VQVAESSIM, variables, host_batches, device) -> Workload:
+  """method.predict (model -> reconstruction -> SSIM and SSIM+AM maps), one jitted program."""
+  params = jax.device_put({k: variables[k] for k in ("params", "batch_stats")}, device)
+  batches = [jax.device_put(b, device) for b in host_batches]
+  holder = {}
+  return Workload(
+      run=lambda i: holder["compiled"](params, batches[i % len(batches)]),
+      sync=jax.block_until_ready,
+      compile=_aot(jax.jit(method.predict), (params, batches[0]), holder),
+      memory=JaxMemoryProbe(device),
+      close=lambda: (holder.clear(), batches.clear()),
+      info=lambda: _program_info(holder.get("compiled")))
+
+
+def train(method: VQVAESSIM, config, variables, host_batches_u8, device) -> Workload:
+  """vqjax.train's step: loss, grads, Adam, post_update; state donated, one jitted program.
+
+  Single device, so no shardings are passed (train.py's replicated / batch-sharded
+  shardings over a 1-device mesh are the same placement).
+  """
+  optimizer = make_optimizer(config.train)
+  variables = jax.device_put(variables, device)
+  params = variables["params"]
+  state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), device), params=params,
+                     model_state={k: v for k, v in variables.items() if k != "params"},
+                     opt_state=jax.jit(optimizer.init)(params))
+  batches = [jax.device_put(b, device) for b in host_batches_u8]
+  key = jax.device_put(jax.random.key(0), device)
+  jitted = jax.jit(make_train_step(method, optimizer), donate_argnums=(0,))
+  holder = {"state": state}
+
+  def run(i):
+    holder["state"], metrics = holder["compiled"](holder["state"], batches[i % len(batches)], key)
+    return holder["state"], metrics
+
+  return Workload(
+      run=run, sync=jax.block_until_ready,
+      compile=_aot(jitted, (state, batches[0], key), holder),
+      memory=JaxMemoryProbe(device),
+      close=lambda: (holder.clear(), batches.clear()),
+      info=lambda: _program_info(holder.get("compiled")))
+
+
+def ssim_kwargs(anomaly_cfg) -> dict:
+  a = anomaly_cfg
+  return dict(window=a.ssim_window, window_size=a.ssim_window_size, sigma=a.ssim_sigma,
+              k1=a.ssim_k1, k2=a.ssim_k2, data_range=1.0,
+              sample_covariance=a.ssim_sample_covariance)
+
+
+def ssim(anomaly_cfg, host_batches, device) -> Workload:
+  """ssim_map(x, y) alone, jitted; pair i = (batch i, batch i+1)."""
+  batches = [jax.device_put(b, device) for b in host_batches]
+  fn = jax.jit(functools.partial(ssim_map, **ssim_kwargs(anomaly_cfg)))
+  holder = {}
+  n = len(batches)
+  return Workload(
+      run=lambda i: holder["compiled"](batches[i % n], batches[(i + 1) % n]),
+      sync=jax.block_until_ready,
+      compile=_aot(fn, (batches[0], batches[1 % n]), holder),
+      memory=JaxMemoryProbe(device),
+      close=lambda: (holder.clear(), batches.clear()),
+      info=lambda: _program_info(holder.get("compiled")))

@@ -1,0 +1,234 @@
+"""Builds, times and reports every configuration of one `python -m benchmarks.run` call.
+
+Order: for each part, for each batch size, each variant in turn (VARIANTS order: vqjax
+first, then torch); each configuration gets its own input batches on the device and is
+freed before the next, so memory peaks and caches are its own as far as the frameworks allow.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import warnings
+
+import jax
+import numpy as np
+import torch
+
+from benchmarks import environment, harness, jax_cases, report, torch_cases
+from benchmarks.configurations import JAX_PRECISION, PARTS, PRESETS, VARIANTS
+from configs import mvtec_vq
+
+NUM_CHANNELS = 3  # RGB, as MVTec-AD
+
+
+def choose_device(requested: str) -> str:
+  """'gpu' only when both JAX and torch see a CUDA GPU: both must run on the same device."""
+  jax_gpu, torch_gpu = jax_cases.gpu_visible(), torch.cuda.is_available()
+  if requested == "gpu" and not (jax_gpu and torch_gpu):
+    raise SystemExit(f"--device gpu needs a GPU visible to both frameworks "
+                     f"(JAX sees one: {jax_gpu}, torch sees one: {torch_gpu})")
+  if requested != "auto":
+    return requested
+  if jax_gpu != torch_gpu:
+    print(f"warning: only {'JAX' if jax_gpu else 'torch'} sees a GPU; running on the CPU",
+          file=sys.stderr)
+  return "gpu" if jax_gpu and torch_gpu else "cpu"
+
+
+def resolve_settings(args: argparse.Namespace, device: str, runtime: dict) -> dict:
+  """Preset defaults overridden by the flags given."""
+  preset = args.preset or ("paper" if device == "gpu" else "cpu")
+  defaults = PRESETS[preset]
+  return dict(preset=preset, config_preset=defaults["config"], device=device,
+              batches=list(args.batches or defaults["batches"]),
+              train_batches=list(args.train_batches or defaults["train_batches"]),
+              repeats=args.repeats or defaults["repeats"],
+              warmup=defaults["warmup"] if args.warmup is None else args.warmup,
+              parts=list(args.parts), torch_compile=args.torch_compile,
+              compile_budget_s=args.compile_budget_s, compile_mode=args.compile_mode,
+              fp32_precision=args.fp32_precision, seed=args.seed,
+              torch_compile_caches=torch_cases.set_compile_caches(args.compile_caches),
+              jax_compilation_cache_dir=jax.config.jax_compilation_cache_dir,
+              input_batches=harness.NUM_INPUT_BATCHES, **runtime)
+
+
+def host_batches(part: str, batch: int, image_size: int, seed: int) -> list[np.ndarray]:
+  """NUM_INPUT_BATCHES distinct NHWC batches: float32 in [0,1], uint8 for training (both
+  train steps take uint8, as vqjax's does). The same data goes to both frameworks."""
+  rng = np.random.default_rng([seed, PARTS.index(part), batch])
+  shape = (batch, image_size, image_size, NUM_CHANNELS)
+  if part == "train":
+    return [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(harness.NUM_INPUT_BATCHES)]
+  return [rng.random(shape, dtype=np.float32) for _ in range(harness.NUM_INPUT_BATCHES)]
+
+
+def comparable(part: str, variant: str, output):
+  """A first call's output -> NumPy values comparable across frameworks."""
+  is_jax = variant.startswith("vqjax")
+  if part == "train":
+    return float(output[1]["loss"] if is_jax else output)  # (state, metrics) | loss
+  if part == "ssim":
+    out = np.asarray(output) if is_jax else output.cpu().numpy().transpose(0, 2, 3, 1)
+    return out.astype(np.float32)
+  if is_jax:
+    return {k: np.asarray(output["maps"][k], np.float32) for k in ("ssim", "ssim_am")}
+  return torch_cases.maps_to_numpy(output)
+
+
+class Bench:
+  """Every configuration of one run, and what they share (weights, devices, compile budget)."""
+
+  def __init__(self, settings: dict):
+    self.s = settings
+    self.config = mvtec_vq.get_config(settings["config_preset"])
+    self.image_size = self.config.data.image_size
+    self.jax_device = jax_cases.select_device(settings["device"])
+    self.torch_device = torch_cases.select_device(settings["device"])
+    self.methods = {p: jax_cases.method_for(self.config, dtype, NUM_CHANNELS)
+                    for p, dtype in (("fp32", "float32"), ("bf16", "bfloat16"))}
+    image_shape = (self.image_size, self.image_size, NUM_CHANNELS)
+    # One set of weights for everyone: vqjax variables, copied into the torch model.
+    self.variables = jax_cases.random_variables(self.methods["fp32"], image_shape, settings["seed"])
+    torch.manual_seed(settings["seed"])
+    self.torch_model = torch_cases.base_model(self.config, self.variables, self.torch_device)
+    self.compile_seconds = 0.0
+    self.reference = {}  # part -> vqjax fp32 values on the first input batch
+
+  def build(self, part: str, variant: str, precision: str, inputs) -> harness.Workload:
+    framework, kind = variant.split("_", 1)
+    if framework == "vqjax":
+      method = self.methods[precision]
+      if part == "inference":
+        return jax_cases.inference(method, self.variables, inputs, self.jax_device)
+      if part == "train":
+        return jax_cases.train(method, self.config, self.variables, inputs, self.jax_device)
+      return jax_cases.ssim(self.config.anomaly, inputs, self.jax_device)
+    if part == "inference":
+      return torch_cases.inference(kind, self.torch_model, self.config.anomaly, inputs,
+                                   self.torch_device, compile_mode=self.s["compile_mode"])
+    if part == "train":
+      return torch_cases.train(kind, self.torch_model, self.config, inputs, self.torch_device)
+    return torch_cases.ssim(jax_cases.ssim_kwargs(self.config.anomaly), inputs, self.torch_device)
+
+  def skip_reason(self, variant: str) -> str | None:
+    if "compile" not in variant:
+      return None
+    if not self.s["torch_compile"]:
+      return "--no-torch-compile"
+    if self.compile_seconds >= self.s["compile_budget_s"]:
+      return (f"torch.compile budget spent ({self.compile_seconds:.0f} s of "
+              f"--compile-budget-s {self.s['compile_budget_s']:.0f})")
+    return None
+
+  def run_one(self, part: str, batch: int, spec: tuple, inputs, agree: bool) -> dict:
+    """One configuration -> its result record (status ok / skipped / error)."""
+    variant, label, precision = spec
+    record = dict(part=part, variant=variant, label=label, precision=precision, batch=batch,
+                  framework="vqjax" if variant.startswith("vqjax") else "torch")
+    reason = self.skip_reason(variant)
+    if reason is not None:
+      return dict(record, status="skipped", reason=reason)
+    try:
+      workload = self.build(part, variant, precision, inputs)
+      try:
+        m = harness.measure(workload, warmup=self.s["warmup"], repeats=self.s["repeats"])
+      finally:
+        workload.close()
+      first = m.pop("first_output")
+      if agree:
+        record["agreement"] = self.agreement(part, variant, comparable(part, variant, first))
+      del first
+    except Exception as exc:  # recorded; the other configurations still run
+      self._free()
+      return dict(record, status="error", reason=harness.error_text(exc))
+    if "compile" in variant:
+      self.compile_seconds += m["first_call_s"]
+      m["compile_s"] = max(m["first_call_s"] - m["median_s"], 0.0)
+      m["compile_note"] = "estimated: first call - steady-state median"
+    elif variant.startswith("vqjax"):
+      m["compile_note"] = "jit(...).lower(...).compile(), timed alone inside the first call"
+    self._free()
+    return dict(record, status="ok", images_per_s=batch / m["median_s"], **m)
+
+  def _free(self):
+    gc.collect()
+    if self.torch_device.type == "cuda":
+      torch.cuda.empty_cache()
+
+  def agreement(self, part: str, variant: str, values) -> dict:
+    """Difference from vqjax fp32 on the same first input batch (which runs first)."""
+    if variant == "vqjax_fp32":
+      self.reference[part] = values
+    ref = self.reference.get(part)
+    if ref is None:
+      return {}
+    if part == "train":
+      return {"loss": values, "loss_diff": abs(values - ref)}
+    if part == "ssim":
+      return {"max_abs_diff": float(np.max(np.abs(values - ref)))}
+    # SSIM+AM scales with squared latent distances: relative to its largest value.
+    scale = float(np.max(np.abs(ref["ssim_am"]))) or 1.0
+    return {"max_abs_diff_ssim": float(np.max(np.abs(values["ssim"] - ref["ssim"]))),
+            "max_rel_diff_ssim_am": float(np.max(np.abs(values["ssim_am"] - ref["ssim_am"])))
+                                    / scale}
+
+  def run(self, log) -> list[dict]:
+    results = []
+    for part in self.s["parts"]:
+      batches = self.s["train_batches"] if part == "train" else self.s["batches"]
+      for batch in batches:
+        inputs = host_batches(part, batch, self.image_size, self.s["seed"])
+        for spec in VARIANTS[part]:
+          # Outputs are compared at the smallest batch only (transfers cost time).
+          r = self.run_one(part, batch, spec, inputs, agree=batch == min(batches))
+          log(progress_line(r))
+          results.append(r)
+    return results
+
+
+def progress_line(r: dict) -> str:
+  head = f"[{r['part']} b={r['batch']}] {r['label']}: "
+  if r["status"] != "ok":
+    return head + f"{r['status']}: {r['reason']}"
+  return head + (f"{r['images_per_s']:.4g} img/s (median {r['median_s'] * 1e3:.3g} ms, "
+                 f"first call {r['first_call_s']:.2f} s)")
+
+
+def main(args: argparse.Namespace, argv: list[str], runtime: dict) -> dict:
+  device = choose_device(args.device)
+  settings = resolve_settings(args, device, runtime)
+  # Explicit float32 precision on both sides (see torch_cases.set_precision).
+  jax.config.update("jax_default_matmul_precision", JAX_PRECISION[settings["fp32_precision"]])
+  torch_device = torch_cases.select_device(device)
+  torch_cases.set_precision(torch_device, settings["fp32_precision"])
+  if isinstance(settings["cpu_threads"], int):
+    torch.set_num_threads(settings["cpu_threads"])
+  # CPU buffers of a donated train state are not always reusable; harmless here.
+  warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+  warnings.filterwarnings("ignore", message="dynamo_pgo force disabled")  # = --no-compile-caches
+  log = lambda line: print(line, file=sys.stderr, flush=True)
+  bench = Bench(settings)
+  m = bench.config.model
+  settings["model"] = (f"configs/mvtec_vq.py:{settings['config_preset']} — channels {m.channels}, "
+                       f"{m.num_downsamplings} downsamplings, {m.num_residual_layers} residual "
+                       f"layers, M={m.num_codes}, D={m.embedding_dim}")
+  settings["image_size"] = bench.image_size
+  log(f"benchmarks: preset {settings['preset']} on {device} ({bench.jax_device.device_kind}); "
+      f"{settings['model']}")
+  results = bench.run(log)
+  report.add_ratios(results)
+  env = environment.collect(argv, bench.jax_device, torch_device, {
+      "torch_precision": torch_cases.precision_settings(), **torch_cases.cuda_info()})
+  data = {"schema": 1, "environment": env, "settings": settings, "results": results}
+  markdown = report.render(data)
+  tag = "cpu" if device == "cpu" else environment.device_slug(bench.jax_device.device_kind)
+  args.out_dir.mkdir(parents=True, exist_ok=True)
+  stem = args.out_dir / f"{settings['preset']}_{tag}"
+  json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
+  json_path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+  md_path.write_text(markdown, encoding="utf-8")
+  log(f"wrote {json_path} and {md_path}")
+  print(markdown, flush=True)
+  return data

@@ -1,0 +1,176 @@
+"""The throughput harness (benchmarks/): end to end on the smoke preset, its timing rules,
+and the PyTorch training step's loss and gradients against vqjax's.
+
+The end-to-end run (~30 s on a 2-core CPU) skips torch.compile with --no-torch-compile
+(its CPU compile alone takes ~30 s per batch size); the results must then say 'skipped'.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import jax_cases, torch_cases
+from benchmarks.configurations import VARIANTS
+from benchmarks.harness import MemoryProbe, Workload, measure
+from benchmarks.torch_reference.convert import flatten_variables, parameter_mapping
+from benchmarks.torch_reference.train import make_train_step, vqvae_ssim_loss
+from configs import mvtec_vq
+
+REPO = Path(__file__).resolve().parents[1]
+BATCHES = {"inference": [1, 2], "ssim": [1, 2], "train": [2]}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+  """(JSON results, Markdown file text, stdout) of one smoke-preset run on the CPU."""
+  out = tmp_path_factory.mktemp("bench")
+  command = [sys.executable, "-m", "benchmarks.run", "--preset", "smoke", "--device", "cpu",
+             "--batches", "1,2", "--train-batches", "2", "--repeats", "2", "--warmup", "1",
+             "--no-torch-compile", "--out-dir", str(out)]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  data = json.loads((out / "smoke_cpu.json").read_text())
+  return data, (out / "smoke_cpu.md").read_text(), done.stdout
+
+
+def test_every_configuration_is_reported(smoke_run):
+  data, _, _ = smoke_run
+  got = {(r["part"], r["variant"], r["batch"]) for r in data["results"]}
+  want = {(part, v[0], b) for part, specs in VARIANTS.items() for v in specs
+          for b in BATCHES[part]}
+  assert got == want
+  for r in data["results"]:
+    if r["variant"] == "torch_compile_bf16_cl":
+      assert r["status"] == "skipped" and "--no-torch-compile" in r["reason"]
+    else:
+      assert r["status"] == "ok", r
+      assert r["images_per_s"] > 0 and r["median_s"] > 0
+      assert len(r["times_s"]) == 2 and r["warmup"] == 1
+
+
+def test_compile_time_is_separate_from_steady_state(smoke_run):
+  data, _, _ = smoke_run
+  for r in data["results"]:
+    if r["status"] != "ok":
+      continue
+    assert r["first_call_s"] > 0 and "compile_s" in r
+    if r["framework"] == "vqjax":
+      # The AOT compile is inside the first call, and none of it in the timed calls.
+      assert 0 < r["compile_s"] <= r["first_call_s"]
+      assert r["median_s"] < r["compile_s"]
+    else:
+      assert r["compile_s"] is None  # eager: nothing to compile
+
+
+def test_environment_and_cpu_labels(smoke_run):
+  data, markdown, _ = smoke_run
+  env = data["environment"]
+  for key in ("date_utc", "command", "versions", "jax_default_matmul_precision",
+              "torch_precision", "jax_device"):
+    assert env[key], key
+  assert "--preset smoke" in env["command"]
+  assert {"jax", "jaxlib", "flax", "torch"} <= set(env["versions"])
+  assert env["torch_precision"]["cuda.matmul.allow_tf32"] is False
+  assert "CPU figures" in markdown
+  assert all(r["peak_bytes"] is None for r in data["results"] if r["status"] == "ok")
+
+
+def test_agreement_with_vqjax_fp32(smoke_run):
+  data, _, _ = smoke_run
+  rows = {(r["part"], r["variant"]): r for r in data["results"] if r["batch"] == 1 or r["part"] == "train"}
+  # Same weights, same inputs: the fp32 reference matches; bf16 is close.
+  assert rows[("inference", "torch_eager_fp32")]["agreement"]["max_abs_diff_ssim"] < 1e-4
+  assert rows[("inference", "torch_eager_bf16_cl")]["agreement"]["max_abs_diff_ssim"] < 0.05
+  assert rows[("ssim", "torch_eager_fp32")]["agreement"]["max_abs_diff"] < 1e-5
+  assert rows[("train", "torch_eager_fp32")]["agreement"]["loss_diff"] < 1e-4
+
+
+def test_markdown_tables_and_printed_last(smoke_run):
+  data, markdown, stdout = smoke_run
+  for heading in ("Batch-1 latency", "Training step", "SSIM map alone", "Inference"):
+    assert heading in markdown
+  for part, specs in VARIANTS.items():
+    for _, label, _ in specs:
+      assert label in markdown
+  assert "skipped: --no-torch-compile" in markdown
+  assert "first call s" in markdown and "compile s" in markdown
+  assert "× torch.compile bf16" in markdown and "× torch eager bf16 AMP" in markdown
+  # The printed report ends with the inference table.
+  last = [line for line in stdout.strip().splitlines() if line.strip()][-1]
+  assert last.startswith("| torch.compile bf16 AMP + channels_last | 2 | skipped")
+  assert stdout.strip() == markdown.strip()
+
+
+# --- timing rules -----------------------------------------------------------------------
+
+
+def test_measure_times_first_call_apart_and_rotates_inputs():
+  clock, calls = [0.0], []
+
+  def run(i):
+    calls.append(i)
+    clock[0] += 10.0 if len(calls) == 1 else 1.0 + 0.1 * (i % 2)
+    return i
+
+  def compile_now():
+    clock[0] += 4.0
+    return 4.0
+
+  workload = Workload(run=run, sync=lambda _: None, memory=MemoryProbe(), compile=compile_now)
+  m = measure(workload, warmup=2, repeats=5, timer=lambda: clock[0])
+  assert calls == list(range(8))  # first, 2 warm-up, 5 timed: input i % 4 in turn
+  assert m["compile_s"] == 4.0 and m["first_call_s"] == 14.0
+  assert m["times_s"] == pytest.approx([1.1, 1.0, 1.1, 1.0, 1.1])
+  assert m["median_s"] == pytest.approx(1.1) and m["min_s"] == pytest.approx(1.0)
+  assert m["peak_bytes"] is None and m["peak_note"] == "n/a (CPU)"
+
+
+# --- the PyTorch training step is vqjax's -----------------------------------------------
+
+
+def test_torch_loss_and_gradients_match_vqjax():
+  config = mvtec_vq.get_config("smoke")
+  method = jax_cases.method_for(config, "float32", 3)
+  variables = jax_cases.random_variables(method, (32, 32, 3), seed=3)
+  images = np.random.default_rng(0).random((4, 32, 32, 3), dtype=np.float32)
+  model_state = {k: v for k, v in variables.items() if k != "params"}
+  with jax.default_matmul_precision("highest"):
+    (loss, (_, metrics)), grads = jax.jit(jax.value_and_grad(method.loss, has_aux=True))(
+        variables["params"], model_state, images, jax.random.key(0))
+  model = torch_cases.base_model(config, variables, torch.device("cpu")).train()
+  t_loss, aux = vqvae_ssim_loss(model, torch.from_numpy(images.transpose(0, 3, 1, 2).copy()),
+                                config.loss.beta)
+  t_loss.backward()
+  assert len(np.unique(aux["indices"].numpy())) > 1
+  np.testing.assert_allclose(t_loss.item(), float(loss), rtol=1e-5)
+  flat = flatten_variables({"params": grads})
+  params = dict(model.named_parameters())
+  checked = 0
+  for flax_path, torch_name, transform in parameter_mapping(model):
+    if flax_path.startswith("params/"):
+      ours = transform(flat[flax_path])
+      scale = float(np.max(np.abs(ours))) or 1.0
+      np.testing.assert_allclose(params[torch_name].grad.numpy(), ours, atol=1e-4 * scale,
+                                 rtol=0, err_msg=torch_name)
+      checked += 1
+  assert checked == len(params)
+
+
+def test_torch_train_step_runs_and_learns():
+  config = mvtec_vq.get_config("smoke")
+  method = jax_cases.method_for(config, "float32", 3)
+  variables = jax_cases.random_variables(method, (32, 32, 3), seed=4)
+  model = torch_cases.base_model(config, variables, torch.device("cpu"))
+  step = make_train_step(model, beta=config.loss.beta, learning_rate=1e-3,
+                         dead_code_threshold=config.loss.dead_code_threshold)
+  images = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (4, 3, 32, 32), np.uint8))
+  losses = [float(step(images)) for _ in range(8)]
+  assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+  assert step.stats.usage.sum().item() == pytest.approx(1.0, abs=1e-4)
