@@ -9,9 +9,10 @@ import numpy as np
 from vqjax import metrics, sharding
 
 
-def make_predict_fn(method, mesh):
-  """Jitted (variables, images uint8 [B,H,W,C]) -> method.predict outputs, batch-sharded."""
-  return jax.jit(method.predict, in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
+def make_predict_fn(method, mesh, fn=None):
+  """Jitted (variables, images uint8 [B,H,W,C]) -> fn outputs (default method.predict),
+  batch-sharded."""
+  return jax.jit(fn or method.predict, in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
                  out_shardings=sharding.batch_sharded(mesh))
 
 

@@ -89,8 +89,12 @@ def run(config, *, show_progress: bool = True) -> dict:
                                                   config.eval.batch_size, mesh)
   t_eval = time.perf_counter()
   has_val = len(dataset.val) > 0
-  test, train_out = predict(dataset.test.images), predict(dataset.train.images)
+  test = predict(dataset.test.images)
   val = predict(dataset.val.images) if has_val else None
+  # Codebook statistics need only the codes of the training images, not their maps.
+  encode_fn = evaluate.make_predict_fn(method, mesh, fn=method.encode_indices)
+  train_indices = evaluate.predict_split(encode_fn, variables, dataset.train.images,
+                                         config.eval.batch_size, mesh)
   eval_seconds = time.perf_counter() - t_eval
 
   results = evaluate.score_maps(test["maps"], dataset.test, config.eval,
@@ -119,8 +123,7 @@ def run(config, *, show_progress: bool = True) -> dict:
     run_info["validation_map_quantiles"] = {
         v: {q: float(np.quantile(m, float(q))) for q in ("0.5", "0.99", "0.999")}
         for v, m in val["maps"].items()}
-  if "indices" in train_out:
-    run_info["codebook"] = evaluate.codebook_stats(train_out["indices"], config.model.num_codes)
+  run_info["codebook"] = evaluate.codebook_stats(train_indices, config.model.num_codes)
   metrics_json = {**results, "baselines": baselines, "run": run_info, "config": config_dict}
   if not primary:
     return metrics_json

@@ -2,7 +2,7 @@
 fit(config, dataset, workdir, log=...) -> (variables, summary) (through the generic trainer,
 whose surface is init(rng, batch) and loss(params, model_state, batch, rng)),
 predict(variables, images uint8) -> dict(reconstructions, maps={variant: [B,H,W]}, ...),
-variants, and `model` (the VQ-VAE, for codebook statistics)."""
+encode_indices(variables, images) -> codebook indices (for codebook statistics), variants."""
 from __future__ import annotations
 
 from vqjax.methods.latent_resampling import LatentResampling

@@ -84,10 +84,9 @@ class LatentResampling:
     return cls(vq=VQVAESSIM.from_config(config, num_channels), prior=PixelSNAILPrior(prior),
                anomaly=ml_collections.FrozenConfigDict(config.anomaly))
 
-  # The VQ-VAE's trainer state doubles as ours for codebook statistics in the report.
-  @property
-  def model(self):
-    return self.vq.model
+  def encode_indices(self, variables, images):
+    """images [B,H,W,C] -> the VQ-VAE's codebook indices [B,h,w] (before resampling)."""
+    return self.vq.encode_indices(variables["vqvae"], images)
 
   def fit(self, config, dataset, workdir: pathlib.Path, *, log, show_progress=True):
     """Stage 1 (VQ-VAE), stage 2 (prior on its index tables), then eta (§4.3.3)."""
@@ -98,9 +97,7 @@ class LatentResampling:
     vq_vars, vq_summary = train(config, self.vq, dataset.train.images, vq_dir, log=log,
                                 show_progress=show_progress)
     mesh = sharding.make_data_mesh()
-    encode = jax.jit(self.vq.encode_indices,
-                     in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
-                     out_shardings=sharding.batch_sharded(mesh))
+    encode = evaluate.make_predict_fn(self, mesh, fn=self.vq.encode_indices)
     tables = evaluate.predict_split(encode, vq_vars, dataset.train.images,
                                     config.eval.batch_size, mesh).astype(np.int32)
     log(f"stage 2/2: PixelSNAIL prior on {len(tables)} index tables {tables.shape[1:]}")
