@@ -17,7 +17,6 @@ import argparse
 import json
 import logging
 import pathlib
-import runpy
 import statistics
 import sys
 import time
@@ -26,13 +25,13 @@ import jax
 import numpy as np
 
 from vqjax import experiment
+from vqjax.config_defaults import load_config_file
 from vqjax.methods import get_method
 from vqjax.ops.latent_resampling import resample, resample_sequential
 
 
 def _load_trained(config_arg: str, workdir: str):
-  path, _, preset = config_arg.partition(":")
-  config = runpy.run_path(path)["get_config"](preset or None)
+  config = load_config_file(config_arg)
   config.workdir = workdir
   dataset, _ = experiment.load_data(config)
   method = get_method(config, dataset.num_channels)

@@ -5,6 +5,8 @@ import jax
 
 from vqjax.data import DATASETS
 from vqjax.data.augment import POLICIES as AUGMENT_POLICIES
+from vqjax.methods.latent_resampling import RESIDUALS
+from vqjax.methods.vqvae_ssim import LIKELIHOODS
 from vqjax.metrics import IMAGE_SCORE_REDUCTIONS
 from vqjax.models import COMPUTE_DTYPES
 from vqjax.ops.anomaly_maps import CHANNEL_REDUCTIONS
@@ -75,7 +77,7 @@ def validate_config(config) -> None:
   _require(size % (2**downs) == 0 and size // (2**downs) >= 1, "data.image_size",
            f"a multiple of 2^model.num_downsamplings = {2**downs}", size)
   _one_of(config, "model.dtype", tuple(COMPUTE_DTYPES))
-  _one_of(config, "loss.likelihood", ("continuous_bernoulli", "mse"))
+  _one_of(config, "loss.likelihood", LIKELIHOODS)
   _require(_get(config, "loss.beta") >= 0, "loss.beta", "a non-negative number", config.loss.beta)
 
   n_dev = jax.device_count()
@@ -139,5 +141,5 @@ def _check_resample_keys(config) -> None:
            "a fraction of the image area in (0, 1)", config.anomaly.val_rectangle_area)
   _require(isinstance(_get(config, "anomaly.local_constraint"), bool),
            "anomaly.local_constraint", "True or False", config.anomaly.local_constraint)
-  _one_of(config, "anomaly.residual", ("restored_vs_direct", "input_vs_output"))
+  _one_of(config, "anomaly.residual", RESIDUALS)
   _positive_int(config, "anomaly.bilateral_diameter")

@@ -1,8 +1,17 @@
 """Shared defaults that the experiment files in configs/ start from (one place, not three)."""
 from __future__ import annotations
 
+import runpy
+
 import ml_collections
 from ml_collections import config_dict
+
+
+def load_config_file(config_arg: str) -> ml_collections.ConfigDict:
+  """'configs/x.py' or 'configs/x.py:preset' -> that file's get_config(preset), as the
+  --config flag reads it (for tools that need the config outside the CLI)."""
+  path, _, preset = config_arg.partition(":")
+  return runpy.run_path(path)["get_config"](preset or None)
 
 
 def vqvae_ssim_config() -> ml_collections.ConfigDict:

@@ -12,7 +12,8 @@ from vqjax import metrics, sharding
 def make_predict_fn(method, mesh, fn=None):
   """Jitted (variables, images uint8 [B,H,W,C]) -> fn outputs (default method.predict),
   batch-sharded."""
-  return jax.jit(fn or method.predict, in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
+  return jax.jit(fn or method.predict,
+                 in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
                  out_shardings=sharding.batch_sharded(mesh))
 
 

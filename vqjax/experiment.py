@@ -19,6 +19,14 @@ _RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.checkpoint_every
                    "train.max_checkpoints", "eval", "workdir")
 
 
+_NON_VARIANT_KEYS = ("baselines", "run", "config")
+
+
+def variant_names(metrics_json: dict) -> list[str]:
+  """The method's map variants among the top-level keys of a metrics.json."""
+  return [k for k in metrics_json if k not in _NON_VARIANT_KEYS]
+
+
 class UserInputError(ValueError):
   """Bad data folder or workdir: the message says which file/folder and what was expected."""
 
@@ -164,8 +172,7 @@ def run_sweep(config, *, show_progress: bool = True) -> dict[str, dict]:
     per_category[category] = run(category_config, show_progress=show_progress)
   sweep_dir = resolve_workdir(config)
   if jax.process_index() == 0:
-    variants = [k for k in next(iter(per_category.values()))
-                if k not in ("baselines", "run", "config")]
+    variants = variant_names(next(iter(per_category.values())))
     md, csv = report.results_tables(per_category, variants, config.data.dataset)
     title = (f"# {config.method} on {config.data.dataset} ({len(categories)} categories)\n\n"
              f"One row per category (each run in its own workdir), mean row last; paper columns "

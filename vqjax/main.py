@@ -5,7 +5,6 @@ Intentionally short: everything it does lives in importable, tested functions.
 from __future__ import annotations
 
 import logging
-import runpy
 import sys
 
 from absl import app, flags
@@ -14,6 +13,7 @@ import jax
 from ml_collections import config_flags
 
 from vqjax import config_checks, experiment
+from vqjax.config_defaults import load_config_file
 
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False,
@@ -31,8 +31,7 @@ def _describe_unknown_overrides(argv) -> str:
     config_arg = argv[argv.index("--config") + 1]
   if config_arg is None:
     return ""
-  path, _, preset = config_arg.partition(":")
-  config = runpy.run_path(path)["get_config"](preset or None)
+  config = load_config_file(config_arg)
   problems = []
   for arg in argv:
     if not arg.startswith("--config."):
@@ -103,7 +102,7 @@ def main(argv):
   except experiment.UserInputError as e:
     print(f"error: {e}", file=sys.stderr)
     raise SystemExit(2) from None
-  variants = [k for k in metrics_json if k not in ("baselines", "run", "config")]
+  variants = experiment.variant_names(metrics_json)
   workdir = experiment.resolve_workdir(config)
   print(format_results(metrics_json, variants))
   print(f"outputs in {workdir}: metrics.json, summary.md, overlays/, ROC/PRO curves"

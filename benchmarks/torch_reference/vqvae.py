@@ -8,7 +8,6 @@ continuous-Bernoulli logits. Module names are the ones `convert.load_flax_variab
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 from torch.nn import functional as F
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -140,11 +139,12 @@ class LatentResampling:
     vq_vars, prior_vars = variables["vqvae"], variables["prior"]
     indices = self.vq.encode_indices(vq_vars, images)
     direct = self.vq.decode_indices(vq_vars, indices)
-    restored_indices, _ = resample(lambda t: self.prior.logits(prior_vars, t), indices,
-                                   variables["eta"], local_constraint=a.local_constraint)
     if a.residual == "restored_vs_direct":  # Eq. 6
+      restored_indices, _ = resample(lambda t: self.prior.logits(prior_vars, t), indices,
+                                     variables["eta"], local_constraint=a.local_constraint)
       residual = self.vq.decode_indices(vq_vars, restored_indices) - direct
-    else:  # §4.5 ablation: input vs its direct reconstruction
+    else:  # §4.5 ablation: input vs its direct reconstruction; the prior plays no part
+      restored_indices = indices
       residual = to_unit_range(images) - direct
     distance = jnp.sqrt(jnp.sum(jnp.square(residual), axis=-1)) * 255.0  # 0..255 units
     maps = bilateral_filter(distance, diameter=a.bilateral_diameter,

@@ -22,6 +22,7 @@ from vqjax.ops.anomaly_maps import ssim_anomaly_map, upsampled_alignment_map
 from vqjax.ops.morphology import grey_dilation
 from vqjax.train import train
 
+LIKELIHOODS = ("continuous_bernoulli", "mse")  # Gangloff Eq. 4, Wang et al. Eq. 3
 _USAGE_DECAY = 0.99  # per-step decay of the code-usage moving average (~100-step memory)
 
 
