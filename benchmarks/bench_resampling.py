@@ -1,12 +1,22 @@
-"""Resampling-stage throughput (Wang et al. 2020 §3.3): exact fast scheme vs the naive walk.
+"""Resampling-stage throughput (Wang et al. 2020 §3.3): exact schemes against the naive walk.
 
 Uses a TRAINED latent-resampling run (its workdir) so the number of replaced codes is
 realistic: the same command that trained it (same config and overrides) restores both
-stages from their checkpoints, without training further. Times, per image set (normal test
-images, defective test images) and batch size, the exact fast scheme
-(`ops.latent_resampling.resample`: 1 + changes passes) against the naive walk
-(`resample_sequential`: one prior pass per table position), after checking both give the
-same codes. Warm-up/compile is timed apart; medians over repeats; inputs rotate.
+stages from their checkpoints, without training further (a workdir without checkpoints is
+trained first, with that config). For each image set -- normal test images, defective test
+images, and the test set as it is (the realistic mix) -- drawn with replacement up to
+`--images` tables, and each batch size, it times the whole set through:
+
+  naive     `resample_sequential` per batch: one prior pass per table position (+1);
+  batched   `resample` per batch: 1 + changes passes, the batch runs until its slowest
+            image is done (what `predict` does with anomaly.resample_slots = 0);
+  refilled  `resample` over the whole set with slots = batch: a finished image's slot takes
+            the next image (anomaly.resample_slots = batch).
+
+All three must give the same codes (`exact`). `prior tables/img` counts the tables the prior
+ran on per image (iterations x slots / images): it does not depend on the device, and the
+time follows it when the prior dominates. Warm-up/compile is timed apart; medians over
+repeats.
 
   python -m benchmarks.bench_resampling --config configs/mvtec_vq_resample.py \
       --workdir runs/vqvae_resample_brick --batches 1,8 --repeats 5
@@ -14,6 +24,7 @@ same codes. Warm-up/compile is timed apart; medians over repeats; inputs rotate.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
 import pathlib
@@ -22,12 +33,15 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from vqjax import experiment
 from vqjax.config_defaults import load_config_file
 from vqjax.methods import get_method
 from vqjax.ops.latent_resampling import resample, resample_sequential
+
+MODES = ("naive", "batched", "refilled")
 
 
 def _load_trained(config_arg: str, workdir: str):
@@ -40,17 +54,44 @@ def _load_trained(config_arg: str, workdir: str):
   return config, dataset, method, variables
 
 
-def _time(fn, inputs: list, repeats: int) -> tuple[float, float]:
-  """(first-call seconds incl. compile, median steady-state seconds per call)."""
+def _time(fn, repeats: int) -> tuple[float, float, object]:
+  """(first-call seconds incl. compile, median steady-state seconds per call, output)."""
   t0 = time.perf_counter()
-  jax.block_until_ready(fn(inputs[0]))
+  out = jax.block_until_ready(fn())
   first = time.perf_counter() - t0
   times = []
-  for r in range(repeats):
+  for _ in range(repeats):
     t0 = time.perf_counter()
-    jax.block_until_ready(fn(inputs[(r + 1) % len(inputs)]))
+    jax.block_until_ready(fn())
     times.append(time.perf_counter() - t0)
-  return first, statistics.median(times)
+  return first, statistics.median(times), out
+
+
+def make_schemes(logits_fn, eta, local_constraint: bool, batch: int):
+  """Jitted tables [N,h,w] (N a multiple of batch) -> (codes [N,h,w], prior tables run)."""
+  def per_batch(walk):
+    def run(tables):
+      chunks = tables.reshape(-1, batch, *tables.shape[1:])
+      codes, tables_run = jax.lax.map(walk, chunks)
+      return codes.reshape(tables.shape), jnp.sum(tables_run)
+    return jax.jit(run)
+
+  def naive(chunk):
+    size = chunk.shape[1] * chunk.shape[2]
+    passes = size + int(local_constraint)  # + the pass for the original constraint
+    return resample_sequential(logits_fn, chunk, eta, local_constraint=local_constraint), \
+        jnp.int32(passes * batch)
+
+  def batched(chunk):
+    out = resample(logits_fn, chunk, eta, local_constraint=local_constraint)
+    return out.tables, out.iterations * batch
+
+  @jax.jit
+  def refilled(tables):
+    out = resample(logits_fn, tables, eta, local_constraint=local_constraint, slots=batch)
+    return out.tables, out.iterations * batch
+
+  return {"naive": per_batch(naive), "batched": per_batch(batched), "refilled": refilled}
 
 
 def main(argv=None) -> None:
@@ -58,7 +99,13 @@ def main(argv=None) -> None:
   parser.add_argument("--config", default="configs/mvtec_vq_resample.py")
   parser.add_argument("--workdir", required=True, help="workdir of a finished training run")
   parser.add_argument("--batches", default="1,8")
+  parser.add_argument("--images", type=int, default=64,
+                      help="tables per image set (drawn with replacement, rounded down to a "
+                           "multiple of each batch size)")
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--skip-naive-above", type=int, default=None, metavar="BATCH",
+                      help="leave the naive walk out at batch sizes above this (it takes "
+                           "h*w passes per batch)")
   parser.add_argument("--out", default=None, help="JSON output path")
   args = parser.parse_args(argv)
 
@@ -67,43 +114,67 @@ def main(argv=None) -> None:
   local = config.anomaly.local_constraint
   encode = jax.jit(method.vq.encode_indices)
   logits_fn = lambda tables: method.prior.logits(variables["prior"], tables)
-  fast = jax.jit(lambda t: resample(logits_fn, t, eta, local_constraint=local))
-  naive = jax.jit(lambda t: resample_sequential(logits_fn, t, eta, local_constraint=local))
 
   test = dataset.test
-  sets = {"normal": test.images[test.labels == 0], "defective": test.images[test.labels == 1]}
+  sets = {"normal": test.images[test.labels == 0], "defective": test.images[test.labels == 1],
+          "mix": test.images}
   rows = []
   for set_name, images in sets.items():
+    if len(images) == 0:
+      continue
+    draw = np.random.default_rng(0).choice(len(images), args.images, replace=True)
+    all_tables = np.concatenate([np.asarray(encode(variables["vqvae"], images[draw[i:i + 16]]))
+                                 for i in range(0, len(draw), 16)])
     for batch in [int(b) for b in args.batches.split(",")]:
-      if len(images) < batch:
+      n = len(all_tables) // batch * batch
+      if n == 0:
         continue
-      rng = np.random.default_rng(0)
-      batches = [images[rng.choice(len(images), batch, replace=False)] for _ in range(3)]
-      tables = [encode(variables["vqvae"], b) for b in batches]
-      fast_tables, passes = fast(tables[0])
-      exact = bool(np.array_equal(np.asarray(fast_tables), np.asarray(naive(tables[0]))))
-      fast_first, fast_s = _time(fast, tables, args.repeats)
-      naive_first, naive_s = _time(naive, tables, args.repeats)
-      changed = int(np.sum(np.asarray(fast_tables) != np.asarray(tables[0])))
-      rows.append({"images": set_name, "batch": batch, "exact": exact,
-                   "mean_passes": float(np.mean(np.asarray(passes))),
-                   "changed_codes_per_image": changed / batch,
-                   "table": list(np.asarray(tables[0]).shape[1:]),
-                   "fast_images_per_s": batch / fast_s, "naive_images_per_s": batch / naive_s,
-                   "fast_first_call_s": fast_first, "naive_first_call_s": naive_first,
-                   "speedup": naive_s / fast_s})
+      tables = jnp.asarray(all_tables[:n])
+      schemes = make_schemes(logits_fn, eta, local, batch)
+      row = {"images": set_name, "num_images": n, "batch": batch,
+             "table": list(all_tables.shape[1:])}
+      codes = {}
+      for mode in MODES:
+        if mode == "naive" and args.skip_naive_above and batch > args.skip_naive_above:
+          row[mode] = None
+          continue
+        first, median, (out, tables_run) = _time(lambda: schemes[mode](tables), args.repeats)
+        codes[mode] = np.asarray(out)
+        row[mode] = {"images_per_s": n / median, "median_s": median, "first_call_s": first,
+                     "prior_tables_per_image": int(tables_run) / n}
+      reference = codes.get("naive", codes["batched"])
+      row["exact"] = all(np.array_equal(c, reference) for c in codes.values())
+      passes = np.asarray(resample(logits_fn, tables, eta, local_constraint=local).passes)
+      changed = np.sum(codes["batched"] != np.asarray(tables), axis=(1, 2))
+      row.update(mean_passes=float(passes.mean()), max_passes=int(passes.max()),
+                 changed_codes_per_image=float(changed.mean()))
+      rows.append(row)
+
   device = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
-  lines = [f"resampling stage, {device}, eta={float(eta):g}, local_constraint={local}",
-           "| images | batch | exact | mean passes | changed codes/img | fast img/s | naive img/s | speed-up |",
-           "|---|---|---|---|---|---|---|---|"]
+  lines = [f"resampling stage, {device}, eta={float(eta):g}, local_constraint={local}, "
+           f"{args.images} tables per set",
+           "| images | batch | exact | passes mean / max | changed codes/img | "
+           "prior tables/img naive / batched / refilled | img/s naive | img/s batched | "
+           "img/s refilled | refilled vs naive | refilled vs batched |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+  fmt = lambda r, m, key, spec: "n/a" if r[m] is None else format(r[m][key], spec)
   for r in rows:
-    lines.append(f"| {r['images']} | {r['batch']} | {r['exact']} | {r['mean_passes']:.1f} | "
-                 f"{r['changed_codes_per_image']:.1f} | {r['fast_images_per_s']:.2f} | "
-                 f"{r['naive_images_per_s']:.2f} | {r['speedup']:.1f}x |")
+    ratio = lambda other: ("n/a" if r[other] is None else
+                           f"{r['refilled']['images_per_s'] / r[other]['images_per_s']:.1f}x")
+    lines.append(
+        f"| {r['images']} | {r['batch']} | {r['exact']} | {r['mean_passes']:.1f} / "
+        f"{r['max_passes']} | {r['changed_codes_per_image']:.1f} | "
+        f"{fmt(r, 'naive', 'prior_tables_per_image', '.0f')} / "
+        f"{fmt(r, 'batched', 'prior_tables_per_image', '.1f')} / "
+        f"{fmt(r, 'refilled', 'prior_tables_per_image', '.1f')} | "
+        f"{fmt(r, 'naive', 'images_per_s', '.2f')} | {fmt(r, 'batched', 'images_per_s', '.2f')} | "
+        f"{fmt(r, 'refilled', 'images_per_s', '.2f')} | {ratio('naive')} | {ratio('batched')} |")
   if args.out:
     pathlib.Path(args.out).write_text(json.dumps(
-        {"device": device, "command": " ".join(sys.argv), "eta": float(eta), "rows": rows},
-        indent=2) + "\n")
+        {"device": device, "command": " ".join(["python -m benchmarks.bench_resampling",
+                                                *sys.argv[1:]]),
+         "date": datetime.date.today().isoformat(), "jax": jax.__version__,
+         "eta": float(eta), "local_constraint": local, "rows": rows}, indent=2) + "\n")
   print("\n".join(lines))
 
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from vqjax.ops.latent_resampling import neighbour_min, resample, resample_sequential
 
 NUM_CODES = 7
-STATIC = ("local_constraint", "constraint_from", "max_passes")
+STATIC = ("local_constraint", "constraint_from", "max_passes", "slots")
 resample_jit = jax.jit(resample, static_argnums=0, static_argnames=STATIC)
 sequential_jit = jax.jit(resample_sequential, static_argnums=0, static_argnames=STATIC[:2])
 
@@ -130,10 +130,11 @@ def test_fast_equals_sequential_equals_reference(height, width, local_constraint
   options = dict(local_constraint=local_constraint, constraint_from=constraint_from)
   expected = reference_walk(logits_fn, tables, eta, **options)
   sequential = np.asarray(sequential_jit(logits_fn, tables, eta, **options))
-  fast, passes = resample_jit(logits_fn, tables, eta, **options)
+  fast, passes, iterations = resample_jit(logits_fn, tables, eta, **options)
   np.testing.assert_array_equal(sequential, expected)
   np.testing.assert_array_equal(np.asarray(fast), expected)
   np.testing.assert_array_equal(np.asarray(passes), expected_passes(tables, expected))
+  assert int(iterations) == int(np.max(passes))  # all images in one batch of slots
   if label == "none":
     assert (expected == tables).all()
   if label == "all" and height * width > 1:
@@ -152,11 +153,11 @@ def test_batched_images_need_different_passes_and_match_single_calls():
   logits_fn = causal_model(6, 6)
   tables = random_tables(6, 6, batch=6, seed=3)
   eta = pick_eta(logits_fn, tables, "q25")
-  fast, passes = resample_jit(logits_fn, tables, eta, local_constraint=False)
+  fast, passes, _ = resample_jit(logits_fn, tables, eta, local_constraint=False)
   passes = np.asarray(passes)
   assert len(set(passes.tolist())) > 1
   for b in range(len(tables)):
-    single, single_passes = resample_jit(logits_fn, tables[b:b + 1], eta, local_constraint=False)
+    single, single_passes, _ = resample_jit(logits_fn, tables[b:b + 1], eta, local_constraint=False)
     np.testing.assert_array_equal(np.asarray(single)[0], np.asarray(fast)[b])
     assert int(single_passes[0]) == passes[b]
 
@@ -173,7 +174,7 @@ def test_jit_compiles_once_for_new_tables_and_eta():
   for seed, label in ((1, "q05"), (2, "q25"), (3, "all")):
     tables = random_tables(5, 6, seed=seed)
     eta = pick_eta(logits_fn, tables, label)
-    out, passes = run(tables, jnp.float32(eta))
+    out, passes, _ = run(tables, jnp.float32(eta))
     np.testing.assert_array_equal(np.asarray(out), reference_walk(logits_fn, tables, eta, True,
                                                                   "original"))
   assert len(traces) == 1
@@ -183,8 +184,8 @@ def test_max_passes_stops_after_that_many_changes():
   logits_fn = causal_model(6, 6)
   tables = random_tables(6, 6)
   eta = pick_eta(logits_fn, tables, "all")
-  full, full_passes = resample_jit(logits_fn, tables, eta)
-  cut, cut_passes = resample_jit(logits_fn, tables, eta, max_passes=3)
+  full, full_passes, _ = resample_jit(logits_fn, tables, eta)
+  cut, cut_passes, _ = resample_jit(logits_fn, tables, eta, max_passes=3)
   np.testing.assert_array_equal(np.asarray(cut_passes), np.minimum(np.asarray(full_passes), 3))
   full, cut = np.asarray(full).reshape(4, -1), np.asarray(cut).reshape(4, -1)
   for b in range(4):
@@ -197,3 +198,48 @@ def test_max_passes_stops_after_that_many_changes():
 def test_rejects_unknown_constraint_source():
   with pytest.raises(ValueError, match="constraint_from"):
     resample(causal_model(5, 6), random_tables(5, 6), 0.1, constraint_from="neighbours")
+
+
+def refill_schedule_length(passes, slots):
+  """Iterations of in-order continuous batching: image i starts in the first slot to free up
+  (lowest slot first on ties) and holds it for passes[i] iterations."""
+  free_at = [0] * slots
+  for p in passes:
+    s = min(range(slots), key=lambda k: (free_at[k], k))
+    free_at[s] += int(p)
+  return max(free_at)
+
+
+@pytest.mark.parametrize("slots", [1, 3, 7, 50])
+def test_slot_refill_gives_the_same_codes_and_passes(slots):
+  logits_fn = causal_model(6, 6)
+  tables = random_tables(6, 6, batch=7, seed=5)
+  eta = pick_eta(logits_fn, tables, "q25")
+  expected = reference_walk(logits_fn, tables, eta, True, "original")
+  out, passes, iterations = resample_jit(logits_fn, tables, eta, slots=slots)
+  passes = np.asarray(passes)
+  np.testing.assert_array_equal(np.asarray(out), expected)
+  np.testing.assert_array_equal(passes, expected_passes(tables, expected))
+  assert len(set(passes.tolist())) > 1
+  assert int(iterations) == refill_schedule_length(passes, min(slots, 7))
+
+
+def test_slot_refill_cuts_prior_work_on_a_skewed_mix():
+  # Six tables the prior leaves alone (one pass each) and one with many changes: with all
+  # seven in one batch every iteration runs seven tables until the slow one is done.
+  logits_fn = causal_model(6, 6)
+  eta = pick_eta(logits_fn, random_tables(6, 6), "q60")
+  settled = reference_walk(logits_fn, random_tables(6, 6, batch=1), eta, True, "original")
+  tables = np.concatenate([random_tables(6, 6, batch=1, seed=7),
+                           np.repeat(settled, 6, axis=0)]).astype(np.int32)
+  _, passes, whole = resample_jit(logits_fn, tables, eta)
+  _, passes_2, refilled = resample_jit(logits_fn, tables, eta, slots=2)
+  np.testing.assert_array_equal(np.asarray(passes), np.asarray(passes_2))
+  assert int(passes[0]) > 10 and int(np.max(passes[1:])) == 1
+  assert int(refilled) == int(whole)  # the slow image alone sets the length...
+  assert 3 * 2 * int(refilled) < 7 * int(whole)  # ...and the work drops by more than 3x
+
+
+def test_rejects_zero_slots():
+  with pytest.raises(ValueError, match="slots"):
+    resample(causal_model(5, 6), random_tables(5, 6), 0.1, slots=0)

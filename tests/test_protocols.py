@@ -140,11 +140,21 @@ def test_latent_resampling_runs_end_to_end_and_writes_all_metrics(tmp_path, over
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.bench_resampling", "--config",
          "configs/mvtec_vq_resample.py:smoke", "--workdir", str(workdir), "--batches", "1,2",
-         "--repeats", "1", "--out", str(tmp_path / "resampling.json")],
+         "--images", "5", "--repeats", "1", "--out", str(tmp_path / "resampling.json")],
         cwd=REPO, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = json.loads((tmp_path / "resampling.json").read_text())["rows"]
-    assert {(r["images"], r["batch"]) for r in rows} == {
-        ("normal", 1), ("normal", 2), ("defective", 1), ("defective", 2)}
-    assert all(r["exact"] and r["fast_images_per_s"] > 0 for r in rows)
-    assert "| speed-up |" in out.stdout
+    assert {(r["images"], r["batch"], r["num_images"]) for r in rows} == {
+        (images, batch, 5 // batch * batch) for images in ("normal", "defective", "mix")
+        for batch in (1, 2)}
+    for r in rows:
+      assert r["exact"]
+      # One pass per table position + the pass for the original constraint.
+      assert r["naive"]["prior_tables_per_image"] == 1 + r["table"][0] * r["table"][1]
+      # Batched runs every table of a batch until its slowest is done; refilling never more.
+      assert r["mean_passes"] <= r["refilled"]["prior_tables_per_image"]
+      assert r["refilled"]["prior_tables_per_image"] <= r["batched"]["prior_tables_per_image"]
+      assert r["batched"]["prior_tables_per_image"] <= r["max_passes"]
+      if r["batch"] == 1:
+        assert r["batched"]["prior_tables_per_image"] == r["mean_passes"]
+    assert "| refilled vs naive |" in out.stdout

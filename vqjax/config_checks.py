@@ -141,5 +141,9 @@ def _check_resample_keys(config) -> None:
            "a fraction of the image area in (0, 1)", config.anomaly.val_rectangle_area)
   _require(isinstance(_get(config, "anomaly.local_constraint"), bool),
            "anomaly.local_constraint", "True or False", config.anomaly.local_constraint)
+  slots = _get(config, "anomaly.resample_slots")
+  _require(isinstance(slots, int) and not isinstance(slots, bool) and slots >= 0,
+           "anomaly.resample_slots",
+           "a whole number >= 0 (0 = the whole eval batch)", slots)
   _one_of(config, "anomaly.residual", RESIDUALS)
   _positive_int(config, "anomaly.bilateral_diameter")

@@ -141,6 +141,9 @@ def vqvae_resample_config() -> ml_collections.ConfigDict:
   config.anomaly.eta_grid = (1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2)
   config.anomaly.val_rectangle_area = 0.01
   config.anomaly.local_constraint = True  # False: §4.5 ablation
+  # Tables resampled together per prior call, refilled as images finish (0: the whole eval
+  # batch). Changes speed only, never codes: see ops.latent_resampling.resample.
+  config.anomaly.resample_slots = 0
   config.anomaly.residual = "restored_vs_direct"  # or "input_vs_output" (§4.5 ablation)
   config.anomaly.bilateral_diameter = 5  # paper: 20 at 256x256
   config.anomaly.bilateral_sigma_color = 75.0

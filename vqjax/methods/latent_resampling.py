@@ -140,8 +140,9 @@ class LatentResampling:
     indices = self.vq.encode_indices(vq_vars, images)
     direct = self.vq.decode_indices(vq_vars, indices)
     if a.residual == "restored_vs_direct":  # Eq. 6
-      restored_indices, _ = resample(lambda t: self.prior.logits(prior_vars, t), indices,
-                                     variables["eta"], local_constraint=a.local_constraint)
+      restored_indices = resample(lambda t: self.prior.logits(prior_vars, t), indices,
+                                  variables["eta"], local_constraint=a.local_constraint,
+                                  slots=a.resample_slots or None).tables
       residual = self.vq.decode_indices(vq_vars, restored_indices) - direct
     else:  # §4.5 ablation: input vs its direct reconstruction; the prior plays no part
       restored_indices = indices

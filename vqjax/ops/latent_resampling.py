@@ -18,9 +18,11 @@ Decisions (the paper is silent; SPEC §2):
 - `local_constraint=False` drops the I(m, n) < eta term (the ablation of §4.5).
 
 `resample_sequential` is the definition (one full pass per position); `resample` gives identical
-codes with 1 + (number of changed positions) passes per image.
+codes with 1 + (number of changed positions) passes per image, batched continuously.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -99,18 +101,36 @@ def resample_sequential(logits_fn, tables: jnp.ndarray, eta, *, local_constraint
   return lax.fori_loop(0, height * width, visit, tables)
 
 
+class Resampled(NamedTuple):
+  """Output of `resample`."""
+  tables: jnp.ndarray      # [N,H,W] int32, the resampled tables
+  passes: jnp.ndarray      # [N] int32, prior passes each image needed
+  iterations: jnp.ndarray  # int32 scalar, loop iterations = prior calls on `slots` tables each
+
+
+class _WalkState(NamedTuple):
+  iteration: jnp.ndarray            # int32 scalar
+  tables: jnp.ndarray               # [N,H*W] int32, current codes of every image
+  original_constraint: jnp.ndarray  # [N,H*W] float32, I(m,n) of the original table
+  cursor: jnp.ndarray               # [N] int32, every position before it is final
+  passes: jnp.ndarray               # [N] int32
+  slot_image: jnp.ndarray           # [S] int32, image in each slot; N = empty
+  next_image: jnp.ndarray           # int32 scalar, first image not yet given a slot
+
+
 def resample(logits_fn, tables: jnp.ndarray, eta, *, local_constraint: bool = True,
-             constraint_from: str = "original", max_passes: int | None = None):
+             constraint_from: str = "original", max_passes: int | None = None,
+             slots: int | None = None) -> Resampled:
   """Eq. 5, exactly as `resample_sequential`, in at most 1 + (number of changes) passes per image.
 
-  tables [B,H,W] int -> (resampled tables [B,H,W] int32, num_passes [B] int32).
+  tables [N,H,W] int -> Resampled(tables [N,H,W] int32, passes [N] int32, iterations).
 
-  Scheme: each pass runs `logits_fn` on the current tables and finds, per image, the first
-  position at or after that image's cursor where Eq. 5 would CHANGE the code (condition true
-  and argmax != present code; a true condition with argmax == present code changes nothing and
-  the walk goes on). That one change is applied, the cursor moves just past it, and the next
-  pass starts there; an image is done when a pass finds no change (or its cursor passes the end,
-  which saves the last pass when the final position changed: then num_passes = changes).
+  Scheme: each pass runs `logits_fn` on an image's current table and finds the first position
+  at or after that image's cursor where Eq. 5 would CHANGE the code (condition true and argmax
+  != present code; a true condition with argmax == present code changes nothing and the walk
+  goes on). That one change is applied, the cursor moves just past it, and the next pass starts
+  there; an image is done when a pass finds no change (or its cursor passes the end, which saves
+  the last pass when the final position changed: then passes = changes).
 
   Why this equals the sequential walk: let c_1 < c_2 < ... be the positions the sequential walk
   changes. When it visits a position q in (c_t, c_{t+1}], its table is the original with the
@@ -121,50 +141,74 @@ def resample(logits_fn, tables: jnp.ndarray, eta, *, local_constraint: bool = Tr
   of `logits_fn` is what makes these logits Eq. 5's p(Z_mn | z_<mn), and it means the prefix
   alone fixes them. Requires `logits_fn` to treat images independently (inference mode).
 
-  Images are batched with a per-image cursor inside one `lax.while_loop`: finished images stop
-  changing and stop counting passes; the loop ends when all are done or after `max_passes`
-  passes (default H*W, which always suffices). An image cut short by `max_passes` is exact up to
-  its cursor and untouched after it. jit-able: `logits_fn`, `local_constraint`,
-  `constraint_from` and `max_passes` are static, `eta` may be traced.
+  Batching (continuous, as in LLM serving): `slots` tables (default: all N) go through
+  `logits_fn` together in each iteration of one `lax.while_loop`; when an image is done, its
+  slot takes the next image not yet started, so an image needing many passes does not hold a
+  whole batch of finished ones. Each image's passes -- hence its codes -- do not depend on
+  `slots`; only `iterations` does: with slots = N it is max(passes), with fewer slots the prior
+  work (iterations x slots) drops towards sum(passes) when a few images need many more passes
+  than the rest. `max_passes` (default H*W, which always suffices) caps each image's passes;
+  an image cut short is exact up to its cursor and untouched after it. jit-able: `logits_fn`,
+  `local_constraint`, `constraint_from`, `max_passes` and `slots` are static, `eta` may be
+  traced.
   """
   _check_source(constraint_from)
   tables = tables.astype(jnp.int32)
-  batch, height, width = tables.shape
+  num_images, height, width = tables.shape
   size = height * width
   max_passes = size if max_passes is None else int(max_passes)
   if max_passes < 1:
     raise ValueError(f"max_passes must be at least 1, got {max_passes}")
-  rows = jnp.arange(batch)
+  slots = num_images if slots is None else int(slots)
+  if slots < 1:
+    raise ValueError(f"slots must be at least 1, got {slots}")
+  slots = min(slots, num_images)
   positions = jnp.arange(size)
+  slot_ids = jnp.arange(slots)
 
-  def not_finished(state):
-    step, _, _, _, done, _ = state
-    return (step < max_passes) & ~jnp.all(done)
+  def not_finished(state: _WalkState):
+    return jnp.any(state.slot_image < num_images)
 
-  def one_pass(state):
-    step, current, original_constraint, cursor, done, passes = state
-    probs, best = code_probabilities(logits_fn(current), current)
-    # Every image still holds its original table on the first pass.
-    original_constraint = jnp.where(step == 0, neighbour_min(probs), original_constraint)
+  def one_pass(state: _WalkState) -> _WalkState:
+    occupied = state.slot_image < num_images
+    image = jnp.minimum(state.slot_image, num_images - 1)  # empty slots: any table, dropped
+    current, cursor = state.tables[image], state.cursor[image]
+    current_tables = current.reshape(slots, height, width)
+    probs, best = code_probabilities(logits_fn(current_tables), current_tables)
+    constraint = neighbour_min(probs)
+    # An image's first pass sees its original table.
+    original_constraint = jnp.where((state.passes[image] == 0)[:, None],
+                                    constraint.reshape(slots, size),
+                                    state.original_constraint[image])
     if constraint_from == "original":
-      constraint = original_constraint
-    else:
-      constraint = neighbour_min(probs)
-    changes = _replace_condition(probs, constraint, eta, local_constraint) & (best != current)
-    changes = changes.reshape(batch, size) & (positions[None, :] >= cursor[:, None])
+      constraint = original_constraint.reshape(slots, height, width)
+    changes = _replace_condition(probs, constraint, eta, local_constraint) & (best != current_tables)
+    changes = changes.reshape(slots, size) & (positions[None, :] >= cursor[:, None])
     found = jnp.any(changes, axis=-1)
     first = jnp.argmax(changes, axis=-1)
-    apply = found & ~done
-    flat = current.reshape(batch, size)
-    flat = flat.at[rows, first].set(
-        jnp.where(apply, best.reshape(batch, size)[rows, first], flat[rows, first]))
-    passes = passes + (~done).astype(jnp.int32)
-    cursor = jnp.where(apply, first + 1, cursor)
-    done = done | ~found | (cursor >= size)
-    return (step + 1, flat.reshape(batch, height, width), original_constraint, cursor, done, passes)
+    current = current.at[slot_ids, first].set(
+        jnp.where(found, best.reshape(slots, size)[slot_ids, first], current[slot_ids, first]))
+    cursor = jnp.where(found, first + 1, cursor)
+    passes = state.passes[image] + 1
+    finished = ~found | (cursor >= size) | (passes >= max_passes)
+    # Write back through the slot's image index; empty slots write nowhere.
+    target = jnp.where(occupied, state.slot_image, num_images)
+    write = lambda array, values: array.at[target].set(values, mode="drop")
+    # Free slots take the next images in order.
+    free = ~occupied | finished
+    candidate = state.next_image + jnp.cumsum(free) - 1
+    slot_image = jnp.where(free, jnp.minimum(candidate, num_images), state.slot_image)
+    next_image = jnp.minimum(state.next_image + jnp.sum(free), num_images)
+    return _WalkState(state.iteration + 1, write(state.tables, current),
+                      write(state.original_constraint, original_constraint),
+                      write(state.cursor, cursor), write(state.passes, passes),
+                      slot_image.astype(jnp.int32), next_image.astype(jnp.int32))
 
-  state = (jnp.int32(0), tables, jnp.zeros(tables.shape, jnp.float32),
-           jnp.zeros((batch,), jnp.int32), jnp.zeros((batch,), bool),
-           jnp.zeros((batch,), jnp.int32))
-  _, tables, _, _, _, passes = lax.while_loop(not_finished, one_pass, state)
-  return tables, passes
+  state = _WalkState(iteration=jnp.int32(0), tables=tables.reshape(num_images, size),
+                     original_constraint=jnp.zeros((num_images, size), jnp.float32),
+                     cursor=jnp.zeros((num_images,), jnp.int32),
+                     passes=jnp.zeros((num_images,), jnp.int32),
+                     slot_image=slot_ids.astype(jnp.int32), next_image=jnp.int32(slots))
+  state = lax.while_loop(not_finished, one_pass, state)
+  return Resampled(state.tables.reshape(num_images, height, width), state.passes,
+                   state.iteration)
