@@ -13,7 +13,8 @@ images, and the test set as it is (the realistic mix) -- drawn with replacement 
   refilled  `resample` over the whole set with slots = batch: a finished image's slot takes
             the next image (anomaly.resample_slots = batch).
 
-All three must give the same codes (`exact`). `prior tables/img` counts the tables the prior
+All three must give the same codes (`exact`; `--naive-images` limits the slow naive walk, and
+the comparison, to the first tables of each set). `prior tables/img` counts the tables the prior
 ran on per image (iterations x slots / images): it does not depend on the device, and the
 time follows it when the prior dominates. Warm-up/compile is timed apart; medians over
 repeats.
@@ -24,7 +25,6 @@ repeats.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import logging
 import pathlib
@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import environment, report
 from vqjax import experiment
 from vqjax.config_defaults import load_config_file
 from vqjax.methods import get_method
@@ -103,11 +104,14 @@ def main(argv=None) -> None:
                       help="tables per image set (drawn with replacement, rounded down to a "
                            "multiple of each batch size)")
   parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--skip-naive-above", type=int, default=None, metavar="BATCH",
-                      help="leave the naive walk out at batch sizes above this (it takes "
-                           "h*w passes per batch)")
-  parser.add_argument("--out", default=None, help="JSON output path")
+  parser.add_argument("--naive-images", type=int, default=None, metavar="N",
+                      help="time the naive walk (h*w + 1 prior passes per batch) on the first "
+                           "N tables of each set only, at least one batch (default: all)")
+  parser.add_argument("--out", default=None,
+                      help="JSON output path (default: benchmarks/results/"
+                           "resampling_<device>.json)")
   args = parser.parse_args(argv)
+  argv = sys.argv[1:] if argv is None else argv
 
   config, dataset, method, variables = _load_trained(args.config, args.workdir)
   eta = variables["eta"]
@@ -135,46 +139,35 @@ def main(argv=None) -> None:
              "table": list(all_tables.shape[1:])}
       codes = {}
       for mode in MODES:
-        if mode == "naive" and args.skip_naive_above and batch > args.skip_naive_above:
-          row[mode] = None
-          continue
-        first, median, (out, tables_run) = _time(lambda: schemes[mode](tables), args.repeats)
+        count = n
+        if mode == "naive" and args.naive_images:
+          count = max(batch, args.naive_images // batch * batch)
+        first, median, (out, tables_run) = _time(lambda: schemes[mode](tables[:count]),
+                                                 args.repeats)
         codes[mode] = np.asarray(out)
-        row[mode] = {"images_per_s": n / median, "median_s": median, "first_call_s": first,
-                     "prior_tables_per_image": int(tables_run) / n}
-      reference = codes.get("naive", codes["batched"])
-      row["exact"] = all(np.array_equal(c, reference) for c in codes.values())
+        row[mode] = {"images_per_s": count / median, "median_s": median, "first_call_s": first,
+                     "num_images": count, "prior_tables_per_image": int(tables_run) / count}
+      # Every scheme against the definition, on the tables the naive walk ran on.
+      row["exact"] = all(np.array_equal(c[:len(codes["naive"])], codes["naive"])
+                         for c in codes.values())
       passes = np.asarray(resample(logits_fn, tables, eta, local_constraint=local).passes)
       changed = np.sum(codes["batched"] != np.asarray(tables), axis=(1, 2))
       row.update(mean_passes=float(passes.mean()), max_passes=int(passes.max()),
                  changed_codes_per_image=float(changed.mean()))
       rows.append(row)
 
-  device = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
+  jax_device = jax.devices()[0]
+  device = f"{jax.device_count()} x {jax_device.device_kind}"
   lines = [f"resampling stage, {device}, eta={float(eta):g}, local_constraint={local}, "
-           f"{args.images} tables per set",
-           "| images | batch | exact | passes mean / max | changed codes/img | "
-           "prior tables/img naive / batched / refilled | img/s naive | img/s batched | "
-           "img/s refilled | refilled vs naive | refilled vs batched |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
-  fmt = lambda r, m, key, spec: "n/a" if r[m] is None else format(r[m][key], spec)
-  for r in rows:
-    ratio = lambda other: ("n/a" if r[other] is None else
-                           f"{r['refilled']['images_per_s'] / r[other]['images_per_s']:.1f}x")
-    lines.append(
-        f"| {r['images']} | {r['batch']} | {r['exact']} | {r['mean_passes']:.1f} / "
-        f"{r['max_passes']} | {r['changed_codes_per_image']:.1f} | "
-        f"{fmt(r, 'naive', 'prior_tables_per_image', '.0f')} / "
-        f"{fmt(r, 'batched', 'prior_tables_per_image', '.1f')} / "
-        f"{fmt(r, 'refilled', 'prior_tables_per_image', '.1f')} | "
-        f"{fmt(r, 'naive', 'images_per_s', '.2f')} | {fmt(r, 'batched', 'images_per_s', '.2f')} | "
-        f"{fmt(r, 'refilled', 'images_per_s', '.2f')} | {ratio('naive')} | {ratio('batched')} |")
-  if args.out:
-    pathlib.Path(args.out).write_text(json.dumps(
-        {"device": device, "command": " ".join(["python -m benchmarks.bench_resampling",
-                                                *sys.argv[1:]]),
-         "date": datetime.date.today().isoformat(), "jax": jax.__version__,
-         "eta": float(eta), "local_constraint": local, "rows": rows}, indent=2) + "\n")
+           f"{args.images} tables per set", *report.resampling_table(rows)]
+  out = pathlib.Path(args.out or f"benchmarks/results/resampling_"
+                     f"{environment.device_slug(jax_device.device_kind)}.json")
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(
+      {"device": device, "environment": environment.collect(
+          argv, jax_device, module="benchmarks.bench_resampling"),
+       "config": args.config, "eta": float(eta), "local_constraint": local,
+       "images_per_set": args.images, "repeats": args.repeats, "rows": rows}, indent=2) + "\n")
   print("\n".join(lines))
 
 

@@ -47,9 +47,9 @@ def cpu_name() -> str:
   return platform.processor() or platform.machine()
 
 
-def command_line(argv: list[str]) -> str:
+def command_line(argv: list[str], module: str = "benchmarks.run") -> str:
   """The exact command, as typed to reproduce it."""
-  return shlex.join(["python", "-m", "benchmarks.run", *argv])
+  return shlex.join(["python", "-m", module, *argv])
 
 
 def git_state() -> dict:
@@ -68,12 +68,13 @@ def device_slug(name: str) -> str:
   return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "device"
 
 
-def collect(argv: list[str], jax_device, torch_device, extra: dict) -> dict:
+def collect(argv: list[str], jax_device, torch_device=None, extra: dict | None = None,
+            module: str = "benchmarks.run") -> dict:
   """Everything about the run that is not a measurement."""
   import jax  # already imported by the caller; here for the device facts
   info = {
       "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "command": command_line(argv),
+      "command": command_line(argv, module),
       "python": sys.version.split()[0],
       "platform": platform.platform(),
       "cpu": cpu_name(),
@@ -83,10 +84,10 @@ def collect(argv: list[str], jax_device, torch_device, extra: dict) -> dict:
       "jax_device": f"{jax_device.device_kind} ({jax_device})",
       "jax_platform_version": getattr(jax_device.client, "platform_version", None),
       "jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
-      "torch_device": str(torch_device),
+      "torch_device": None if torch_device is None else str(torch_device),
       "nvidia_smi": nvidia_smi(),
       "env": {k: os.environ[k] for k in ENV_VARS if k in os.environ},
       "git": git_state(),
   }
-  info.update(extra)
+  info.update(extra or {})
   return info

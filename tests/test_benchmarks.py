@@ -174,3 +174,69 @@ def test_torch_train_step_runs_and_learns():
   losses = [float(step(images)) for _ in range(8)]
   assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
   assert step.stats.usage.sum().item() == pytest.approx(1.0, abs=1e-4)
+
+
+def _resampling_row(images, batch, refilled_per_s, exact=True):
+  mode = {"images_per_s": refilled_per_s, "median_s": 1.0, "first_call_s": 1.0,
+          "prior_tables_per_image": 3.0}
+  return {"images": images, "num_images": batch, "batch": batch, "table": [32, 32],
+          "exact": exact, "mean_passes": 2.0, "max_passes": 5,
+          "changed_codes_per_image": 1.0, "naive": dict(mode, images_per_s=1.0),
+          "batched": dict(mode, images_per_s=refilled_per_s / 2), "refilled": mode}
+
+
+def test_results_md_checks_the_targets_against_the_json(smoke_run, tmp_path):
+  from benchmarks import results_md
+  data, _, _ = smoke_run
+  data = json.loads(json.dumps(data))
+  # Check at batch 2 (the smoke run's); set vqjax bf16 to 2.5x the torch.compile row.
+  compile_row = next(r for r in data["results"] if (r["part"], r["variant"], r["batch"]) ==
+                     ("inference", "torch_compile_bf16_cl", 2))
+  compile_row.update(status="ok", images_per_s=100.0, median_s=0.02)
+  for r in data["results"]:
+    if (r["part"], r["batch"]) == ("inference", 2) and r["variant"].startswith("vqjax"):
+      r["images_per_s"] = 250.0 if r["variant"] == "vqjax_bf16" else 150.0
+  resampling = {"device": "1 x cpu", "config": "configs/mvtec_vq_resample.py", "eta": 5e-4,
+                "local_constraint": True, "rows": [_resampling_row("mix", 2, 299.0)]}
+  rows = results_md.target_rows(data, resampling, batch=2)
+  assert rows[0][0].startswith("SSIM+AM inference, batch 2")
+  assert rows[0][1].startswith("2.50× (vqjax jit bf16") and rows[0][2] == "**met**"
+  assert rows[-1][2] == "**not met**" and rows[-1][1].startswith("299 img/s")
+  resampling["rows"] = [_resampling_row("mix", 2, 301.0, exact=False)]
+  assert results_md.target_rows(data, resampling, batch=2)[-1][2] == "**not met** (codes differ)"
+  resampling["rows"] = [_resampling_row("mix", 2, 301.0)]
+  assert results_md.target_rows(data, resampling, batch=2)[-1][2] == "**met**"
+
+  # The command line: written atomically, CPU-labelled, every section present.
+  (tmp_path / "t.json").write_text(json.dumps(data))
+  (tmp_path / "r.json").write_text(json.dumps(resampling))
+  results_md.main(["--throughput", str(tmp_path / "t.json"), "--resampling",
+                   str(tmp_path / "r.json"), "--out", str(tmp_path / "RESULTS.md")])
+  text = (tmp_path / "RESULTS.md").read_text()
+  assert text.startswith("# Benchmark results — CPU figures, not the H100 result")
+  assert "batch 64: ≥ 2× torch.compile bf16 | n/a" in text  # not measured at 64 in smoke
+  for heading in ("## Targets", "### Inference:", "## Resampling stage"):
+    assert heading in text
+  assert not list(tmp_path.glob("*.tmp"))
+  with pytest.raises(SystemExit, match="missing.json"):
+    results_md.main(["--throughput", str(tmp_path / "missing.json")])
+
+
+def test_profile_predict_writes_hlo_census_and_trace(tmp_path):
+  from benchmarks import profile_predict
+  summary = profile_predict.main(["--config", "configs/mvtec_vq.py:smoke", "--batch", "2",
+                                  "--dtypes", "float32", "--calls", "2", "--peak-tflops", "1",
+                                  "--peak-gbps", "10", "--out-dir", str(tmp_path)])
+  run = summary["runs"][0]
+  hlo = (tmp_path / "predict_float32.hlo.txt").read_text()
+  assert "ENTRY" in hlo
+  census = run["census"]
+  # Smoke model: 2 strided encoder convs, 2 transposed decoder convs, 3x3 and 1x1 convs; on
+  # the CPU the transposed ones are convolutions with lhs dilation (no cuDNN).
+  assert census["xla_convolutions"] >= 4 and census["xla_convolutions_with_lhs_dilation"] == 2
+  assert sum(census["fusions"].values()) > 0
+  assert run["cost_analysis"]["flops"] > 0 and run["images_per_s"] > 0
+  assert run["floors"]["compute_floor_s"] == pytest.approx(run["cost_analysis"]["flops"] / 1e12)
+  assert run["top_ops"] and all(op["total_us"] > 0 for op in run["top_ops"])
+  assert not any(op["op"].startswith("$") for op in run["top_ops"])  # no Python frames
+  assert json.loads((tmp_path / "summary.json").read_text())["runs"][0]["dtype"] == "float32"

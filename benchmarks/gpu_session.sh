@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The H100 measurements of the benchmarks (RESULTS.md), each part sized for one call of the
+# device tool (< 10 min). Run from the repository root on the GPU machine:
+#
+#   bash benchmarks/gpu_session.sh throughput   # python -m benchmarks.run --preset paper
+#   bash benchmarks/gpu_session.sh resampling   # trains configs/mvtec_vq_resample.py:timing on
+#                                               # the demo data, then times the resampling stage
+#   bash benchmarks/gpu_session.sh profile      # jax.profiler trace + optimised HLO of predict
+#
+# then, back on the development machine, with both JSONs copied into benchmarks/results/:
+#   python -m benchmarks.results_md --throughput benchmarks/results/paper_<gpu>.json \
+#       --resampling benchmarks/results/resampling_<gpu>.json
+#
+# Machines without ml-collections / dm-pix / tensorflow-datasets: run
+# `bash ../shared/tools/gpu_wheels.sh` on the development machine and carry .whl; this script
+# installs them into /tmp/site. Results go to benchmarks/results/ and, when $OUT is set (the
+# device tool's output folder), are copied there. VQJAX_GPU_SESSION_SMOKE=1 runs every part
+# at toy sizes on any machine (a check of this script, not a measurement).
+set -euo pipefail
+part="${1:?usage: bash benchmarks/gpu_session.sh throughput|resampling|profile}"
+cd "$(dirname "$0")/.."
+
+if compgen -G ".whl/*.whl" > /dev/null; then
+  pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+  export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+out="${OUT:-}"
+smoke="${VQJAX_GPU_SESSION_SMOKE:-0}"
+results="benchmarks/results"
+if [[ "$smoke" == 1 ]]; then results="$(mktemp -d)"; fi
+mkdir -p "$results"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,temperature.gpu \
+  --format=csv 2>/dev/null || echo "nvidia-smi: not available"
+
+case "$part" in
+  throughput)
+    if [[ "$smoke" == 1 ]]; then
+      python -m benchmarks.run --preset smoke --batches 1,2 --train-batches 2 --repeats 2 \
+        --warmup 1 --no-torch-compile --out-dir "$results"
+    else
+      python -m benchmarks.run --preset paper --out-dir "$results"
+    fi
+    ;;
+  resampling)
+    workdir="/tmp/vqjax_resample_timing"
+    if [[ "$smoke" == 1 ]]; then
+      python -m benchmarks.bench_resampling --config configs/mvtec_vq_resample.py:smoke \
+        --workdir "$workdir" --batches 1,2 --images 4 --repeats 1 \
+        --out "$results/resampling_smoke.json"
+    else
+      # 256 tables per set drawn from the demo test images; the naive walk (1025 prior passes
+      # per batch) only on the first 64 of them.
+      python -m benchmarks.bench_resampling --config configs/mvtec_vq_resample.py:timing \
+        --workdir "$workdir" --batches 1,64 --images 256 --naive-images 64 --repeats 3
+    fi
+    ;;
+  profile)
+    python -m benchmarks.profile_predict --out-dir "$results/profile" \
+      $([[ "$smoke" == 1 ]] && echo "--config configs/mvtec_vq.py:smoke --batch 2")
+    ;;
+  *)
+    echo "unknown part '$part': expected throughput, resampling or profile" >&2
+    exit 2
+    ;;
+esac
+
+if [[ -n "$out" ]]; then
+  cp -r "$results"/. "$out"/
+  echo "copied $results to \$OUT"
+fi
