@@ -66,6 +66,6 @@ case "$part" in
 esac
 
 if [[ -n "$out" ]]; then
-  cp -r "$results"/. "$out"/
+  mkdir -p "$out" && cp -r "$results"/. "$out"/
   echo "copied $results to \$OUT"
 fi

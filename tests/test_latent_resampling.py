@@ -243,3 +243,58 @@ def test_slot_refill_cuts_prior_work_on_a_skewed_mix():
 def test_rejects_zero_slots():
   with pytest.raises(ValueError, match="slots"):
     resample(causal_model(5, 6), random_tables(5, 6), 0.1, slots=0)
+
+
+_SHARDED_RUN = """
+import json, re, sys
+sys.path.insert(0, {tests!r})
+import jax, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from test_latent_resampling import causal_model, pick_eta, random_tables
+from vqjax import sharding
+from vqjax.ops.latent_resampling import resample
+mesh = sharding.make_data_mesh()
+logits_fn = causal_model(6, 6)
+tables = random_tables(6, 6, batch=8, seed=3)
+eta = pick_eta(logits_fn, tables, "q25")
+batch_sharded = NamedSharding(mesh, P(mesh.axis_names[0]))
+out = {{"devices": jax.device_count()}}
+for slots in (None, 3):
+  run = jax.jit(lambda t: resample(logits_fn, t, eta, slots=slots), in_shardings=batch_sharded)
+  hlo = run.lower(tables).compile().as_text()
+  result = run(tables)
+  collectives = ("all-gather(", "all-reduce(", "all-to-all(", "collective-permute(")
+  out[str(slots)] = {{"collectives": sum(hlo.count(c) for c in collectives),
+                     # arrays holding all 8 tables ([8,6,6] or [8,36]) on one device
+                     "full_batch_arrays": len(re.findall(r"\\[8,(?:6,6|36)[,\\]]", hlo)),
+                     "tables": np.asarray(result.tables).tolist(),
+                     "passes": np.asarray(result.passes).tolist()}}
+print(json.dumps(out))
+"""
+
+
+def test_batch_sharded_over_four_devices_gives_the_same_codes(tmp_path):
+  import json
+  import os
+  import subprocess
+  import sys
+  from pathlib import Path
+  tests = Path(__file__).resolve().parent
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  done = subprocess.run([sys.executable, "-c", _SHARDED_RUN.format(tests=str(tests))], env=env,
+                        capture_output=True, text=True, timeout=600, cwd=tests.parent)
+  assert done.returncode == 0, done.stderr[-3000:]
+  out = json.loads(done.stdout.strip().splitlines()[-1])
+  assert out["devices"] == 4
+  logits_fn = causal_model(6, 6)
+  tables = random_tables(6, 6, batch=8, seed=3)
+  eta = pick_eta(logits_fn, tables, "q25")
+  expected = reference_walk(logits_fn, tables, eta, True, "original")
+  for slots in ("None", "3"):
+    np.testing.assert_array_equal(np.asarray(out[slots]["tables"]), expected)
+    np.testing.assert_array_equal(out[slots]["passes"], expected_passes(tables, expected))
+  # In place (slots = batch), every image stays on its device (2 of the 8 tables each); the
+  # only collective is the loop condition's "any image left" reduction.
+  assert out["None"]["full_batch_arrays"] == 0
+  assert out["None"]["collectives"] <= 2

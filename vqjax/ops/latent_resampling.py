@@ -169,36 +169,49 @@ def resample(logits_fn, tables: jnp.ndarray, eta, *, local_constraint: bool = Tr
   def not_finished(state: _WalkState):
     return jnp.any(state.slot_image < num_images)
 
+  # slots == N: slot i always holds image i, so no gathers or scatters: every array stays
+  # elementwise in the image axis, which keeps a batch-sharded call free of collectives.
+  in_place = slots == num_images
+
   def one_pass(state: _WalkState) -> _WalkState:
     occupied = state.slot_image < num_images
     image = jnp.minimum(state.slot_image, num_images - 1)  # empty slots: any table, dropped
-    current, cursor = state.tables[image], state.cursor[image]
+    if in_place:
+      read = lambda array: array
+      write = lambda array, values: jnp.where(
+          occupied.reshape((slots,) + (1,) * (values.ndim - 1)), values, array)
+    else:
+      read = lambda array: array[image]
+      target = jnp.where(occupied, state.slot_image, num_images)  # empty slots write nowhere
+      write = lambda array, values: array.at[target].set(values, mode="drop")
+    current, cursor = read(state.tables), read(state.cursor)
     current_tables = current.reshape(slots, height, width)
     probs, best = code_probabilities(logits_fn(current_tables), current_tables)
     constraint = neighbour_min(probs)
     # An image's first pass sees its original table.
-    original_constraint = jnp.where((state.passes[image] == 0)[:, None],
+    original_constraint = jnp.where((read(state.passes) == 0)[:, None],
                                     constraint.reshape(slots, size),
-                                    state.original_constraint[image])
+                                    read(state.original_constraint))
     if constraint_from == "original":
       constraint = original_constraint.reshape(slots, height, width)
     changes = _replace_condition(probs, constraint, eta, local_constraint) & (best != current_tables)
     changes = changes.reshape(slots, size) & (positions[None, :] >= cursor[:, None])
     found = jnp.any(changes, axis=-1)
     first = jnp.argmax(changes, axis=-1)
-    current = current.at[slot_ids, first].set(
-        jnp.where(found, best.reshape(slots, size)[slot_ids, first], current[slot_ids, first]))
+    # Elementwise (no scatter): the one change per slot, at its first position.
+    current = jnp.where(found[:, None] & (positions[None, :] == first[:, None]),
+                        best.reshape(slots, size), current)
     cursor = jnp.where(found, first + 1, cursor)
-    passes = state.passes[image] + 1
+    passes = read(state.passes) + 1
     finished = ~found | (cursor >= size) | (passes >= max_passes)
-    # Write back through the slot's image index; empty slots write nowhere.
-    target = jnp.where(occupied, state.slot_image, num_images)
-    write = lambda array, values: array.at[target].set(values, mode="drop")
-    # Free slots take the next images in order.
+    # Free slots take the next images in order (in place: there are none left to take).
     free = ~occupied | finished
-    candidate = state.next_image + jnp.cumsum(free) - 1
-    slot_image = jnp.where(free, jnp.minimum(candidate, num_images), state.slot_image)
-    next_image = jnp.minimum(state.next_image + jnp.sum(free), num_images)
+    if in_place:
+      slot_image, next_image = jnp.where(free, num_images, state.slot_image), state.next_image
+    else:
+      candidate = state.next_image + jnp.cumsum(free) - 1
+      slot_image = jnp.where(free, jnp.minimum(candidate, num_images), state.slot_image)
+      next_image = jnp.minimum(state.next_image + jnp.sum(free), num_images)
     return _WalkState(state.iteration + 1, write(state.tables, current),
                       write(state.original_constraint, original_constraint),
                       write(state.cursor, cursor), write(state.passes, passes),
