@@ -142,7 +142,8 @@ def train(config, method, train_images: np.ndarray, workdir: pathlib.Path, *,
     except (ValueError, KeyError) as e:
       raise ValueError(
           f"checkpoint {workdir / 'checkpoints'} step {latest} does not fit this config's model "
-          f"(was it written by a run with other model settings?). Use a new config.workdir. "
+          f"(written by a run with other model settings, or by a vqjax version whose model had "
+          f"another parameter layout?). Use a new config.workdir. "
           f"Cause: {e}") from e
     log(f"resuming from checkpoint step {latest} in {workdir / 'checkpoints'}")
 
