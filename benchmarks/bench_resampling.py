@@ -103,6 +103,8 @@ def main(argv=None) -> None:
   parser.add_argument("--images", type=int, default=64,
                       help="tables per image set (drawn with replacement, rounded down to a "
                            "multiple of each batch size)")
+  parser.add_argument("--eta", type=float, default=None,
+                      help="threshold to time at (default: the trained run's eta)")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--naive-images", type=int, default=None, metavar="N",
                       help="time the naive walk (h*w + 1 prior passes per batch) on the first "
@@ -114,7 +116,7 @@ def main(argv=None) -> None:
   argv = sys.argv[1:] if argv is None else argv
 
   config, dataset, method, variables = _load_trained(args.config, args.workdir)
-  eta = variables["eta"]
+  eta = variables["eta"] if args.eta is None else jnp.float32(args.eta)
   local = config.anomaly.local_constraint
   encode = jax.jit(method.vq.encode_indices)
   logits_fn = lambda tables: method.prior.logits(variables["prior"], tables)
