@@ -121,3 +121,25 @@ def test_cli_refuses_to_resume_a_workdir_with_other_model_settings(tmp_path):
   out = _run_cli(*common, "--config.model.channels=8")
   assert out.returncode != 0
   assert "model.channels: 16 -> 8" in out.stderr and "new --config.workdir" in out.stderr
+
+
+PRESETS = {"configs/mvtec_vq.py": ("default", "paper", "smoke"),
+           "configs/mvtec_vq_resample.py": ("default", "paper", "timing", "smoke"),
+           "configs/ucsd_vq.py": ("default", "smoke"),
+           "configs/cifar10_vq.py": ("default", "smoke")}
+
+
+@pytest.mark.parametrize("path,preset", [(p, s) for p, presets in PRESETS.items()
+                                         for s in presets])
+def test_every_preset_passes_the_config_checks(path, preset):
+  from vqjax.config_checks import validate_config
+  from vqjax.config_defaults import load_config_file
+  validate_config(load_config_file(str(REPO / f"{path}:{preset}")))
+
+
+def test_timing_preset_is_the_paper_model_briefly_trained():
+  from vqjax.config_defaults import load_config_file
+  paper = load_config_file(str(REPO / "configs/mvtec_vq_resample.py:paper"))
+  timing = load_config_file(str(REPO / "configs/mvtec_vq_resample.py:timing"))
+  assert timing.model == paper.model and timing.prior == paper.prior
+  assert timing.train.num_steps < paper.train.num_steps and timing.anomaly.eta == 5e-4
