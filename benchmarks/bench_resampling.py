@@ -13,8 +13,9 @@ images, and the test set as it is (the realistic mix) -- drawn with replacement 
   refilled  `resample` over the whole set with slots = batch: a finished image's slot takes
             the next image (anomaly.resample_slots = batch).
 
-All three must give the same codes (`exact`; `--naive-images` limits the slow naive walk, and
-the comparison, to the first tables of each set). `prior tables/img` counts the tables the prior
+All three must give the same codes (`exact`: `--naive-images` limits the slow naive walk, and
+the comparison with it, to the first tables of each set; the two exact schemes are compared
+on all tables). The JSON is rewritten after each row, so a run cut short keeps its rows. `prior tables/img` counts the tables the prior
 ran on per image (iterations x slots / images): it does not depend on the device, and the
 time follows it when the prior dominates. Warm-up/compile is timed apart; medians over
 repeats.
@@ -69,30 +70,39 @@ def _time(fn, repeats: int) -> tuple[float, float, object]:
 
 
 def make_schemes(logits_fn, eta, local_constraint: bool, batch: int):
-  """Jitted tables [N,h,w] (N a multiple of batch) -> (codes [N,h,w], prior tables run)."""
+  """Jitted tables [N,h,w] (N a multiple of batch) -> (codes [N,h,w], prior tables run,
+  passes [N] (the exact schemes; zeros for the naive walk))."""
   def per_batch(walk):
     def run(tables):
       chunks = tables.reshape(-1, batch, *tables.shape[1:])
-      codes, tables_run = jax.lax.map(walk, chunks)
-      return codes.reshape(tables.shape), jnp.sum(tables_run)
+      codes, tables_run, passes = jax.lax.map(walk, chunks)
+      return codes.reshape(tables.shape), jnp.sum(tables_run), passes.reshape(-1)
     return jax.jit(run)
 
   def naive(chunk):
     size = chunk.shape[1] * chunk.shape[2]
-    passes = size + int(local_constraint)  # + the pass for the original constraint
-    return resample_sequential(logits_fn, chunk, eta, local_constraint=local_constraint), \
-        jnp.int32(passes * batch)
+    prior_calls = size + int(local_constraint)  # + the pass for the original constraint
+    codes = resample_sequential(logits_fn, chunk, eta, local_constraint=local_constraint)
+    return codes, jnp.int32(prior_calls * batch), jnp.zeros((batch,), jnp.int32)
 
   def batched(chunk):
     out = resample(logits_fn, chunk, eta, local_constraint=local_constraint)
-    return out.tables, out.iterations * batch
+    return out.tables, out.iterations * batch, out.passes
 
   @jax.jit
   def refilled(tables):
     out = resample(logits_fn, tables, eta, local_constraint=local_constraint, slots=batch)
-    return out.tables, out.iterations * batch
+    return out.tables, out.iterations * batch, out.passes
 
   return {"naive": per_batch(naive), "batched": per_batch(batched), "refilled": refilled}
+
+
+def _write_json(path: pathlib.Path, data: dict) -> None:
+  """Atomic: a run cut short leaves the previous complete file, never half a file."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text(json.dumps(data, indent=2) + "\n")
+  tmp.replace(path)
 
 
 def main(argv=None) -> None:
@@ -101,14 +111,15 @@ def main(argv=None) -> None:
   parser.add_argument("--workdir", required=True, help="workdir of a finished training run")
   parser.add_argument("--batches", default="1,8")
   parser.add_argument("--images", type=int, default=64,
-                      help="tables per image set (drawn with replacement, rounded down to a "
+                      help="tables per image set (drawn with replacement; rounded down to a "
                            "multiple of each batch size)")
   parser.add_argument("--eta", type=float, default=None,
                       help="threshold to time at (default: the trained run's eta)")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--naive-images", type=int, default=None, metavar="N",
                       help="time the naive walk (h*w + 1 prior passes per batch) on the first "
-                           "N tables of each set only, at least one batch (default: all)")
+                           "N tables of each set only, at least one batch (default: all); the "
+                           "two exact schemes are compared with each other on all tables")
   parser.add_argument("--out", default=None,
                       help="JSON output path (default: benchmarks/results/"
                            "resampling_<device>.json)")
@@ -124,52 +135,58 @@ def main(argv=None) -> None:
   test = dataset.test
   sets = {"normal": test.images[test.labels == 0], "defective": test.images[test.labels == 1],
           "mix": test.images}
-  rows = []
+  set_tables = {}
   for set_name, images in sets.items():
-    if len(images) == 0:
-      continue
-    draw = np.random.default_rng(0).choice(len(images), args.images, replace=True)
-    all_tables = np.concatenate([np.asarray(encode(variables["vqvae"], images[draw[i:i + 16]]))
-                                 for i in range(0, len(draw), 16)])
-    for batch in [int(b) for b in args.batches.split(",")]:
-      n = len(all_tables) // batch * batch
-      if n == 0:
-        continue
-      tables = jnp.asarray(all_tables[:n])
-      schemes = make_schemes(logits_fn, eta, local, batch)
-      row = {"images": set_name, "num_images": n, "batch": batch,
-             "table": list(all_tables.shape[1:])}
-      codes = {}
-      for mode in MODES:
-        count = n
-        if mode == "naive" and args.naive_images:
-          count = max(batch, args.naive_images // batch * batch)
-        first, median, (out, tables_run) = _time(lambda: schemes[mode](tables[:count]),
-                                                 args.repeats)
-        codes[mode] = np.asarray(out)
-        row[mode] = {"images_per_s": count / median, "median_s": median, "first_call_s": first,
-                     "num_images": count, "prior_tables_per_image": int(tables_run) / count}
-      # Every scheme against the definition, on the tables the naive walk ran on.
-      row["exact"] = all(np.array_equal(c[:len(codes["naive"])], codes["naive"])
-                         for c in codes.values())
-      passes = np.asarray(resample(logits_fn, tables, eta, local_constraint=local).passes)
-      changed = np.sum(codes["batched"] != np.asarray(tables), axis=(1, 2))
-      row.update(mean_passes=float(passes.mean()), max_passes=int(passes.max()),
-                 changed_codes_per_image=float(changed.mean()))
-      rows.append(row)
+    if len(images):
+      draw = np.random.default_rng(0).choice(len(images), args.images, replace=True)
+      set_tables[set_name] = np.concatenate(
+          [np.asarray(encode(variables["vqvae"], images[draw[i:i + 16]]))
+           for i in range(0, len(draw), 16)])
 
   jax_device = jax.devices()[0]
   device = f"{jax.device_count()} x {jax_device.device_kind}"
+  out_path = pathlib.Path(args.out or f"benchmarks/results/resampling_"
+                          f"{environment.device_slug(jax_device.device_kind)}.json")
+  result = {"device": device, "environment": environment.collect(
+                argv, jax_device, module="benchmarks.bench_resampling"),
+            "config": args.config, "eta": float(eta), "local_constraint": local,
+            "images_per_set": args.images, "repeats": args.repeats, "rows": []}
+  rows = result["rows"]
+  for batch in [int(b) for b in args.batches.split(",")]:
+    n = args.images // batch * batch
+    if n == 0:
+      continue
+    # Built once per batch size: every set has n tables, so the sets share the compiles.
+    schemes = make_schemes(logits_fn, eta, local, batch)
+    naive_count = n if not args.naive_images else min(n, max(batch, args.naive_images
+                                                              // batch * batch))
+    for set_name, all_tables in set_tables.items():
+      tables = jnp.asarray(all_tables[:n])
+      row = {"images": set_name, "num_images": n, "batch": batch,
+             "table": list(all_tables.shape[1:]), "naive_checked_images": naive_count}
+      codes = {}
+      for mode in MODES:
+        count = naive_count if mode == "naive" else n
+        first, median, (out, tables_run, passes) = _time(
+            lambda: schemes[mode](tables[:count]), args.repeats)
+        codes[mode] = np.asarray(out)
+        row[mode] = {"images_per_s": count / median, "median_s": median, "first_call_s": first,
+                     "num_images": count, "prior_tables_per_image": int(tables_run) / count}
+      # The naive walk (the definition) on the tables it ran on; the two exact schemes on all.
+      row["exact"] = (all(np.array_equal(c[:naive_count], codes["naive"]) for c in codes.values())
+                      and np.array_equal(codes["batched"], codes["refilled"]))
+      passes = np.asarray(passes)  # the refilled run's, per image
+      changed = np.sum(codes["refilled"] != all_tables[:n], axis=(1, 2))
+      row.update(mean_passes=float(passes.mean()), max_passes=int(passes.max()),
+                 changed_codes_per_image=float(changed.mean()))
+      rows.append(row)
+      _write_json(out_path, result)
+      print(f"{set_name} batch {batch}: exact {row['exact']}, refilled "
+            f"{row['refilled']['images_per_s']:.4g} img/s", flush=True)
+
+  _write_json(out_path, result)
   lines = [f"resampling stage, {device}, eta={float(eta):g}, local_constraint={local}, "
            f"{args.images} tables per set", *report.resampling_table(rows)]
-  out = pathlib.Path(args.out or f"benchmarks/results/resampling_"
-                     f"{environment.device_slug(jax_device.device_kind)}.json")
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(
-      {"device": device, "environment": environment.collect(
-          argv, jax_device, module="benchmarks.bench_resampling"),
-       "config": args.config, "eta": float(eta), "local_constraint": local,
-       "images_per_set": args.images, "repeats": args.repeats, "rows": rows}, indent=2) + "\n")
   print("\n".join(lines))
 
 

@@ -80,16 +80,22 @@ def target_rows(throughput: dict, resampling: dict | None,
     r = mix[0]
     best = max((r[m] for m in ("batched", "refilled")), key=lambda m: m["images_per_s"])
     value = best["images_per_s"] if r["exact"] else None
-    rows.append([goal, f"{best['images_per_s']:.4g} img/s, codes identical to the naive "
-                       f"walk: {r['exact']}",
+    rows.append([goal, f"{best['images_per_s']:.4g} img/s ({r['num_images']} tables), codes "
+                       f"identical: {r['exact']} (naive walk on the first "
+                       f"{r.get('naive_checked_images', r['num_images'])}, the two exact "
+                       "schemes on all)",
                  _verdict(value, RESAMPLING_TARGET) if r["exact"] else "**not met** (codes differ)"])
   return rows
+
+
+def _resampling_on_cpu(resampling: dict | None) -> bool:
+  return resampling is not None and resampling["device"].endswith(" cpu")
 
 
 def render(throughput: dict, resampling: dict | None, sources: tuple[str, ...] = ()) -> str:
   env = throughput["environment"]
   device = env.get("torch_cuda_device") or env["jax_device"]
-  on_cpu = throughput["settings"]["device"] == "cpu"
+  on_cpu = throughput["settings"]["device"] == "cpu" or _resampling_on_cpu(resampling)
   lines = ["# Benchmark results" + (" — CPU figures, not the H100 result" if on_cpu else ""), "",
            f"Device: {device}; driver/GPU: {env.get('nvidia_smi')}; date (UTC): "
            f"{env['date_utc']}; git commit {env['git']['commit']}"
@@ -110,7 +116,9 @@ def render(throughput: dict, resampling: dict | None, sources: tuple[str, ...] =
   else:
     renv = resampling.get("environment", {})
     lines += [f"Command: `{renv.get('command', 'n/a')}` (config `{resampling.get('config')}`); "
-              f"device {resampling['device']}; date (UTC) {renv.get('date_utc', 'n/a')}; "
+              f"device {resampling['device']}"
+              + (" (**CPU figures**)" if _resampling_on_cpu(resampling) else "")
+              + f"; date (UTC) {renv.get('date_utc', 'n/a')}; "
               f"eta = {resampling['eta']:g}, local constraint {resampling['local_constraint']}.",
               "", *report.resampling_table(resampling["rows"])]
   return "\n".join(lines) + "\n"

@@ -201,7 +201,7 @@ def test_results_md_checks_the_targets_against_the_json(smoke_run, tmp_path):
   rows = results_md.target_rows(data, resampling, batch=2)
   assert rows[0][0].startswith("SSIM+AM inference, batch 2")
   assert rows[0][1].startswith("2.50× (vqjax jit bf16") and rows[0][2] == "**met**"
-  assert rows[-1][2] == "**not met**" and rows[-1][1].startswith("299 img/s")
+  assert rows[-1][2] == "**not met**" and rows[-1][1].startswith("299 img/s (2 tables)")
   resampling["rows"] = [_resampling_row("mix", 2, 301.0, exact=False)]
   assert results_md.target_rows(data, resampling, batch=2)[-1][2] == "**not met** (codes differ)"
   resampling["rows"] = [_resampling_row("mix", 2, 301.0)]
@@ -218,6 +218,11 @@ def test_results_md_checks_the_targets_against_the_json(smoke_run, tmp_path):
   for heading in ("## Targets", "### Inference:", "## Resampling stage"):
     assert heading in text
   assert not list(tmp_path.glob("*.tmp"))
+  # A CPU resampling run beside a GPU throughput run is labelled too.
+  gpu = json.loads(json.dumps(data))
+  gpu["settings"]["device"] = "gpu"
+  assert "(**CPU figures**)" in results_md.render(gpu, resampling)
+  assert results_md.render(gpu, resampling).startswith("# Benchmark results — CPU figures")
   with pytest.raises(SystemExit, match="missing.json"):
     results_md.main(["--throughput", str(tmp_path / "missing.json")])
 

@@ -240,6 +240,11 @@ def test_slot_refill_cuts_prior_work_on_a_skewed_mix():
   assert 3 * 2 * int(refilled) < 7 * int(whole)  # ...and the work drops by more than 3x
 
 
+def test_no_tables_give_no_tables():
+  out = resample(causal_model(5, 6), np.zeros((0, 5, 6), np.int32), 0.1, slots=4)
+  assert out.tables.shape == (0, 5, 6) and out.passes.shape == (0,) and int(out.iterations) == 0
+
+
 def test_rejects_zero_slots():
   with pytest.raises(ValueError, match="slots"):
     resample(causal_model(5, 6), random_tables(5, 6), 0.1, slots=0)

@@ -148,7 +148,7 @@ def test_latent_resampling_runs_end_to_end_and_writes_all_metrics(tmp_path, over
         (images, batch, 5 // batch * batch) for images in ("normal", "defective", "mix")
         for batch in (1, 2)}
     for r in rows:
-      assert r["exact"]
+      assert r["exact"] and r["naive_checked_images"] == r["num_images"]
       # One pass per table position + the pass for the original constraint.
       assert r["naive"]["prior_tables_per_image"] == 1 + r["table"][0] * r["table"][1]
       # Batched runs every table of a batch until its slowest is done; refilling never more.

@@ -162,6 +162,8 @@ def resample(logits_fn, tables: jnp.ndarray, eta, *, local_constraint: bool = Tr
   slots = num_images if slots is None else int(slots)
   if slots < 1:
     raise ValueError(f"slots must be at least 1, got {slots}")
+  if num_images == 0:
+    return Resampled(tables, jnp.zeros((0,), jnp.int32), jnp.int32(0))
   slots = min(slots, num_images)
   positions = jnp.arange(size)
   slot_ids = jnp.arange(slots)
