@@ -149,8 +149,11 @@ def _header(data: dict) -> list[str]:
   where = (f"**CPU figures** ({env['cpu']}, {env['cpu_count']} cores) — not GPU numbers"
            if on_cpu else f"GPU: {env.get('torch_cuda_device') or env['jax_device']}")
   v = env["versions"]
+  done = data.get("complete", True)
   lines = [
       f"# vqjax vs PyTorch — preset `{s['preset']}`, {where}", "",
+      *([] if done else [f"**Incomplete run**: {len(data['results'])} configurations measured "
+                         "before it stopped.", ""]),
       f"- date (UTC): {env['date_utc']}; command: `{env['command']}`",
       f"- model: {s['model']}; images {s['image_size']}x{s['image_size']}x3",
       f"- versions: jax {v.get('jax')}, jaxlib {v.get('jaxlib')}, flax {v.get('flax')}, "

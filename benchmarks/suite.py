@@ -174,7 +174,8 @@ class Bench:
             "max_rel_diff_ssim_am": float(np.max(np.abs(values["ssim_am"] - ref["ssim_am"])))
                                     / scale}
 
-  def run(self, log) -> list[dict]:
+  def run(self, log, on_result=lambda results: None) -> list[dict]:
+    """Every configuration in order; on_result(results so far) after each one."""
     results = []
     for part in self.s["parts"]:
       batches = self.s["train_batches"] if part == "train" else self.s["batches"]
@@ -185,6 +186,7 @@ class Bench:
           r = self.run_one(part, batch, spec, inputs, agree=batch == min(batches))
           log(progress_line(r))
           results.append(r)
+          on_result(results)
     return results
 
 
@@ -217,18 +219,28 @@ def main(args: argparse.Namespace, argv: list[str], runtime: dict) -> dict:
   settings["image_size"] = bench.image_size
   log(f"benchmarks: preset {settings['preset']} on {device} ({bench.jax_device.device_kind}); "
       f"{settings['model']}")
-  results = bench.run(log)
-  report.add_ratios(results)
   env = environment.collect(argv, bench.jax_device, torch_device, {
       "torch_precision": torch_cases.precision_settings(), **torch_cases.cuda_info()})
-  data = {"schema": 1, "environment": env, "settings": settings, "results": results}
-  markdown = report.render(data)
   tag = "cpu" if device == "cpu" else environment.device_slug(bench.jax_device.device_kind)
   args.out_dir.mkdir(parents=True, exist_ok=True)
   stem = args.out_dir / f"{settings['preset']}_{tag}"
   json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
-  json_path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-  md_path.write_text(markdown, encoding="utf-8")
+  total = sum(len(VARIANTS[part]) * len(settings["train_batches" if part == "train" else "batches"])
+              for part in settings["parts"])
+
+  def save(results: list[dict]) -> dict:
+    # Rewritten after every configuration (atomically): a run cut short keeps what it measured,
+    # marked incomplete.
+    report.add_ratios(results)
+    data = {"schema": 1, "environment": env, "settings": settings, "results": results,
+            "complete": len(results) == total}
+    for path, text in ((json_path, json.dumps(data, indent=1) + "\n"), (md_path, report.render(data))):
+      tmp = path.with_suffix(path.suffix + ".tmp")
+      tmp.write_text(text, encoding="utf-8")
+      tmp.replace(path)
+    return data
+
+  data = save(bench.run(log, on_result=save))
   log(f"wrote {json_path} and {md_path}")
-  print(markdown, flush=True)
+  print(report.render(data), flush=True)
   return data

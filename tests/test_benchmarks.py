@@ -245,3 +245,11 @@ def test_profile_predict_writes_hlo_census_and_trace(tmp_path):
   assert run["top_ops"] and all(op["total_us"] > 0 for op in run["top_ops"])
   assert not any(op["op"].startswith("$") for op in run["top_ops"])  # no Python frames
   assert json.loads((tmp_path / "summary.json").read_text())["runs"][0]["dtype"] == "float32"
+
+
+def test_results_are_saved_complete_and_a_cut_run_is_marked(smoke_run):
+  from benchmarks import report
+  data, markdown, _ = smoke_run
+  assert data["complete"] is True and "Incomplete run" not in markdown
+  cut = dict(data, results=data["results"][:3], complete=False)
+  assert "**Incomplete run**: 3 configurations measured" in report.render(cut)
