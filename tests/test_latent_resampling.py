@@ -303,3 +303,36 @@ def test_batch_sharded_over_four_devices_gives_the_same_codes(tmp_path):
   # only collective is the loop condition's "any image left" reduction.
   assert out["None"]["full_batch_arrays"] == 0
   assert out["None"]["collectives"] <= 2
+
+
+def test_method_predict_gives_the_same_maps_with_slot_refill(monkeypatch):
+  # anomaly.resample_slots reaches resample() and changes nothing but the schedule.
+  from configs import mvtec_vq_resample
+  from vqjax.methods import get_method
+  from vqjax.methods import latent_resampling as method_module
+  seen_slots = []
+
+  def recording_resample(*args, **kwargs):
+    seen_slots.append(kwargs.get("slots"))
+    return resample(*args, **kwargs)
+
+  monkeypatch.setattr(method_module, "resample", recording_resample)
+  config = mvtec_vq_resample.get_config("smoke")
+  images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+  variables = None
+  outputs = {}
+  for slots in (0, 3):
+    config.anomaly.resample_slots = slots
+    method = get_method(config, 3)
+    if variables is None:
+      vq = method.vq.init(jax.random.key(0), jnp.asarray(images, jnp.float32) / 255)
+      tables = method.vq.encode_indices(vq, images)
+      variables = {"vqvae": vq, "prior": method.prior.init(jax.random.key(1), tables),
+                   "eta": jnp.float32(0.5)}  # a random prior: many codes below 0.5
+    outputs[slots] = jax.jit(method.predict)(variables, images)
+  assert seen_slots == [None, 3]  # 0 = the whole batch
+  assert (np.asarray(outputs[0]["resampled_indices"]) != np.asarray(outputs[0]["indices"])).any()
+  np.testing.assert_array_equal(np.asarray(outputs[3]["resampled_indices"]),
+                                np.asarray(outputs[0]["resampled_indices"]))
+  np.testing.assert_array_equal(np.asarray(outputs[3]["maps"]["resample"]),
+                                np.asarray(outputs[0]["maps"]["resample"]))
