@@ -15,10 +15,10 @@ images, and the test set as it is (the realistic mix) -- drawn with replacement 
 
 All three must give the same codes (`exact`: `--naive-images` limits the slow naive walk, and
 the comparison with it, to the first tables of each set; the two exact schemes are compared
-on all tables). The JSON is rewritten after each row, so a run cut short keeps its rows. `prior tables/img` counts the tables the prior
-ran on per image (iterations x slots / images): it does not depend on the device, and the
-time follows it when the prior dominates. Warm-up/compile is timed apart; medians over
-repeats.
+on all tables). The JSON is rewritten after each row, so a run cut short keeps its rows.
+`prior tables/img` counts the tables the prior ran on per image (iterations x slots /
+images): it does not depend on the device, and the time follows it when the prior dominates.
+Warm-up/compile is timed apart; medians over repeats.
 
   python -m benchmarks.bench_resampling --config configs/mvtec_vq_resample.py \
       --workdir runs/vqvae_resample_brick --batches 1,8 --repeats 5
@@ -26,7 +26,6 @@ repeats.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import pathlib
 import statistics
@@ -42,6 +41,7 @@ from vqjax import experiment
 from vqjax.config_defaults import load_config_file
 from vqjax.methods import get_method
 from vqjax.ops.latent_resampling import resample, resample_sequential
+from vqjax.report import write_json
 
 MODES = ("naive", "batched", "refilled")
 
@@ -95,14 +95,6 @@ def make_schemes(logits_fn, eta, local_constraint: bool, batch: int):
     return out.tables, out.iterations * batch, out.passes
 
   return {"naive": per_batch(naive), "batched": per_batch(batched), "refilled": refilled}
-
-
-def _write_json(path: pathlib.Path, data: dict) -> None:
-  """Atomic: a run cut short leaves the previous complete file, never half a file."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text(json.dumps(data, indent=2) + "\n")
-  tmp.replace(path)
 
 
 def main(argv=None) -> None:
@@ -180,11 +172,11 @@ def main(argv=None) -> None:
       row.update(mean_passes=float(passes.mean()), max_passes=int(passes.max()),
                  changed_codes_per_image=float(changed.mean()))
       rows.append(row)
-      _write_json(out_path, result)
+      write_json(out_path, result)  # atomic: a run cut short keeps its complete rows
       print(f"{set_name} batch {batch}: exact {row['exact']}, refilled "
             f"{row['refilled']['images_per_s']:.4g} img/s", flush=True)
 
-  _write_json(out_path, result)
+  write_json(out_path, result)
   lines = [f"resampling stage, {device}, eta={float(eta):g}, local_constraint={local}, "
            f"{args.images} tables per set", *report.resampling_table(rows)]
   print("\n".join(lines))

@@ -31,6 +31,7 @@ import numpy as np
 
 from benchmarks import jax_cases
 from vqjax.config_defaults import load_config_file
+from vqjax.report import write_json, write_text
 
 
 def hlo_census(hlo_text: str) -> dict:
@@ -57,7 +58,8 @@ HOST_WRAPPERS = re.compile(r"Execute|PjRt|Pjit|^\$")
 
 
 def _trace_file(trace_dir: pathlib.Path) -> pathlib.Path | None:
-  found = sorted(trace_dir.rglob("*.trace.json.gz")) + sorted(trace_dir.rglob("perfetto_trace.json.gz"))
+  found = (sorted(trace_dir.rglob("*.trace.json.gz"))
+           + sorted(trace_dir.rglob("perfetto_trace.json.gz")))
   return found[-1] if found else None
 
 
@@ -108,7 +110,7 @@ def profile_dtype(config, dtype: str, batch: int, calls: int, out_dir: pathlib.P
             for _ in range(3)]
   compiled = jax.jit(method.predict).lower(params, images[0]).compile()
   hlo = compiled.as_text()
-  (out_dir / f"predict_{dtype}.hlo.txt").write_text(hlo, encoding="utf-8")
+  write_text(out_dir / f"predict_{dtype}.hlo.txt", hlo)
   for i in range(3):  # warm-up (autotuning, allocator growth) outside the trace and the clock
     jax.block_until_ready(compiled(params, images[i % 3]))
   times = []
@@ -155,17 +157,19 @@ def main(argv: list[str] | None = None) -> dict:
     run = profile_dtype(config, dtype.strip(), args.batch, args.calls, args.out_dir, args)
     summary["runs"].append(run)
     c = run["census"]
+    cost = run["cost_analysis"]
     print(f"\n{dtype} batch {args.batch} on {summary['device']}: {run['images_per_s']:.4g} img/s "
-          f"(median {run['median_s'] * 1e3:.3g} ms); GFLOP {run['cost_analysis'].get('flops', 0) / 1e9:.3g}, "
-          f"GB accessed {run['cost_analysis'].get('bytes accessed', 0) / 1e9:.3g}; "
+          f"(median {run['median_s'] * 1e3:.3g} ms); GFLOP {cost.get('flops', 0) / 1e9:.3g}, "
+          f"GB accessed {cost.get('bytes accessed', 0) / 1e9:.3g}; "
           f"floors {run['floors'] or 'n/a (no --peak-* given)'}")
     print(f"  custom calls {c['custom_calls']}; XLA convolutions {c['xla_convolutions']} "
           f"({c['xla_convolutions_with_lhs_dilation']} with lhs dilation); fusions {c['fusions']}; "
           f"transposes {c['transposes']}, copies {c['copies']}")
     for op in run["top_ops"][:15]:
-      print(f"  {op['total_us'] / args.calls:10.1f} us/call  x{op['count'] // max(args.calls, 1):<3d} "
+      per_call = op["count"] // max(args.calls, 1)
+      print(f"  {op['total_us'] / args.calls:10.1f} us/call  x{per_call:<3d} "
             f"{op['op'][:90]}  [{op['track'][:30]}]")
-  (args.out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+  write_json(args.out_dir / "summary.json", summary)
   return summary
 
 

@@ -91,56 +91,52 @@ def _agreement(r: dict, key: str, fmt: str = "{:.2g}") -> str:
 
 def latency_table(results: list[dict]) -> list[str]:
   rows = [r for r in _rows(results, "inference") if r["batch"] == 1]
-  return markdown_table(["variant (full pipeline, batch 1)", "latency ms (median)", "p10–p90 ms"],
-                [[r["label"], _ms(r["median_s"]) if r["status"] == "ok" else _status_cell(r),
-                  f"{_ms(r.get('p10_s'))}–{_ms(r.get('p90_s'))}" if r["status"] == "ok" else "n/a"]
-                 for r in rows])
+  return markdown_table(
+      ["variant (full pipeline, batch 1)", "latency ms (median)", "p10–p90 ms"],
+      [[r["label"], _ms(r["median_s"]) if r["status"] == "ok" else _status_cell(r),
+        f"{_ms(r.get('p10_s'))}–{_ms(r.get('p90_s'))}" if r["status"] == "ok" else "n/a"]
+       for r in rows])
 
 
 def train_table(results: list[dict]) -> list[str]:
-  return markdown_table(["variant", "batch", *TIMING_HEADER, "loss at step 1", "× torch eager bf16 AMP"],
-                [[r["label"], str(r["batch"]), *_timing_cells(r), _agreement(r, "loss", "{:.6g}"),
-                  _ratio_cell(r, EAGER_AMP)] for r in _rows(results, "train")])
+  return markdown_table(
+      ["variant", "batch", *TIMING_HEADER, "loss at step 1", "× torch eager bf16 AMP"],
+      [[r["label"], str(r["batch"]), *_timing_cells(r), _agreement(r, "loss", "{:.6g}"),
+        _ratio_cell(r, EAGER_AMP)] for r in _rows(results, "train")])
 
 
 def ssim_table(results: list[dict]) -> list[str]:
-  return markdown_table(["variant", "batch", *TIMING_HEADER, "max \\|Δ\\| vs vqjax", "× torch eager fp32"],
-                [[r["label"], str(r["batch"]), *_timing_cells(r), _agreement(r, "max_abs_diff"),
-                  _ratio_cell(r, EAGER_FP32)] for r in _rows(results, "ssim")])
+  return markdown_table(
+      ["variant", "batch", *TIMING_HEADER, "max \\|Δ\\| vs vqjax", "× torch eager fp32"],
+      [[r["label"], str(r["batch"]), *_timing_cells(r), _agreement(r, "max_abs_diff"),
+        _ratio_cell(r, EAGER_FP32)] for r in _rows(results, "ssim")])
 
 
 def inference_table(results: list[dict]) -> list[str]:
-  return markdown_table(["variant", "batch", *TIMING_HEADER, "max \\|Δ SM\\| vs vqjax fp32",
-                 "× torch.compile bf16", "× torch eager bf16 AMP"],
-                [[r["label"], str(r["batch"]), *_timing_cells(r), _agreement(r, "max_abs_diff_ssim"),
-                  _ratio_cell(r, COMPILE_BF16), _ratio_cell(r, EAGER_AMP)]
-                 for r in _rows(results, "inference")])
-
-
-RESAMPLING_HEADER = [
-    "| images | batch | exact | passes mean / max | changed codes/img | "
-    "prior tables/img naive / batched / refilled | img/s naive | img/s batched | "
-    "img/s refilled | refilled vs naive | refilled vs batched |",
-    "|---|---|---|---|---|---|---|---|---|---|---|"]
+  return markdown_table(
+      ["variant", "batch", *TIMING_HEADER, "max \\|Δ SM\\| vs vqjax fp32",
+       "× torch.compile bf16", "× torch eager bf16 AMP"],
+      [[r["label"], str(r["batch"]), *_timing_cells(r), _agreement(r, "max_abs_diff_ssim"),
+        _ratio_cell(r, COMPILE_BF16), _ratio_cell(r, EAGER_AMP)]
+       for r in _rows(results, "inference")])
 
 
 def resampling_table(rows: list[dict]) -> list[str]:
-  """Table of benchmarks.bench_resampling rows (header included)."""
-  def cell(r, mode, key, spec):
-    return format(r[mode][key], spec)
-
+  """Table of benchmarks.bench_resampling rows."""
   def speedup(r, other):
     return f"{r['refilled']['images_per_s'] / r[other]['images_per_s']:.1f}x"
 
-  return RESAMPLING_HEADER + [f"| {r['images']} | {r['batch']} | {r['exact']} | {r['mean_passes']:.1f} / "
-          f"{r['max_passes']} | {r['changed_codes_per_image']:.1f} | "
-          f"{cell(r, 'naive', 'prior_tables_per_image', '.0f')} / "
-          f"{cell(r, 'batched', 'prior_tables_per_image', '.1f')} / "
-          f"{cell(r, 'refilled', 'prior_tables_per_image', '.1f')} | "
-          f"{cell(r, 'naive', 'images_per_s', '.4g')} | "
-          f"{cell(r, 'batched', 'images_per_s', '.4g')} | "
-          f"{cell(r, 'refilled', 'images_per_s', '.4g')} | {speedup(r, 'naive')} | "
-          f"{speedup(r, 'batched')} |" for r in rows]
+  header = ["images", "batch", "exact", "passes mean / max", "changed codes/img",
+            "prior tables/img naive / batched / refilled", "img/s naive", "img/s batched",
+            "img/s refilled", "refilled vs naive", "refilled vs batched"]
+  return markdown_table(header, [
+      [r["images"], str(r["batch"]), str(r["exact"]),
+       f"{r['mean_passes']:.1f} / {r['max_passes']}", f"{r['changed_codes_per_image']:.1f}",
+       f"{r['naive']['prior_tables_per_image']:.0f} / "
+       f"{r['batched']['prior_tables_per_image']:.1f} / "
+       f"{r['refilled']['prior_tables_per_image']:.1f}",
+       *(f"{r[mode]['images_per_s']:.4g}" for mode in ("naive", "batched", "refilled")),
+       speedup(r, "naive"), speedup(r, "batched")] for r in rows])
 
 
 def _header(data: dict) -> list[str]:

@@ -20,6 +20,7 @@ import json
 import pathlib
 
 from benchmarks import report
+from vqjax.report import write_text
 
 INFERENCE_BATCH = 64
 SPEEDUP_TARGET = 2.0
@@ -69,8 +70,8 @@ def target_rows(throughput: dict, resampling: dict | None,
                _verdict(latency_ms, LATENCY_TARGET_MS, higher_is_better=False)])
   for train_batch in sorted({r["batch"] for r in results if r["part"] == "train"}):
     rows.append(_speedup_row(results, "train", train_batch, report.EAGER_AMP,
-                             f"training step, batch {train_batch}: ≥ {SPEEDUP_TARGET:g}× torch eager "
-                             "bf16 AMP"))
+                             f"training step, batch {train_batch}: ≥ {SPEEDUP_TARGET:g}× "
+                             "torch eager bf16 AMP"))
   goal = f"resampling, realistic mix, batch {batch}: ≥ {RESAMPLING_TARGET:g} img/s, exact"
   mix = [r for r in (resampling or {}).get("rows", [])
          if r["images"] == "mix" and r["batch"] == batch]
@@ -84,7 +85,8 @@ def target_rows(throughput: dict, resampling: dict | None,
                        f"identical: {r['exact']} (naive walk on the first "
                        f"{r.get('naive_checked_images', r['num_images'])}, the two exact "
                        "schemes on all)",
-                 _verdict(value, RESAMPLING_TARGET) if r["exact"] else "**not met** (codes differ)"])
+                 _verdict(value, RESAMPLING_TARGET) if r["exact"]
+                 else "**not met** (codes differ)"])
   return rows
 
 
@@ -106,7 +108,8 @@ def render(throughput: dict, resampling: dict | None, sources: tuple[str, ...] =
            "## Targets", "",
            *(["The targets are for one H100; on a CPU the verdicts only check the script.", ""]
              if on_cpu else []),
-           *report.markdown_table(["target", "measured", "verdict"], target_rows(throughput, resampling)),
+           *report.markdown_table(["target", "measured", "verdict"],
+                                  target_rows(throughput, resampling)),
            ""]
   body = report.render(throughput).splitlines()
   lines += ["#" + line if line.startswith("#") else line for line in body]  # one level down
@@ -141,9 +144,7 @@ def main(argv: list[str] | None = None) -> None:
   sources = tuple(str(p) for p in (args.throughput, args.resampling) if p)
   markdown = render(load(args.throughput), load(args.resampling) if args.resampling else None,
                     sources)
-  tmp = args.out.with_suffix(".tmp")
-  tmp.write_text(markdown, encoding="utf-8")
-  tmp.replace(args.out)
+  write_text(args.out, markdown)
   print(markdown)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import sys
 import warnings
 
@@ -19,6 +18,7 @@ import torch
 from benchmarks import environment, harness, jax_cases, report, torch_cases
 from benchmarks.configurations import JAX_PRECISION, PARTS, PRESETS, VARIANTS
 from configs import mvtec_vq
+from vqjax.report import write_json, write_text
 
 NUM_CHANNELS = 3  # RGB, as MVTec-AD
 
@@ -225,7 +225,8 @@ def main(args: argparse.Namespace, argv: list[str], runtime: dict) -> dict:
   args.out_dir.mkdir(parents=True, exist_ok=True)
   stem = args.out_dir / f"{settings['preset']}_{tag}"
   json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
-  total = sum(len(VARIANTS[part]) * len(settings["train_batches" if part == "train" else "batches"])
+  total = sum(len(VARIANTS[part])
+              * len(settings["train_batches" if part == "train" else "batches"])
               for part in settings["parts"])
 
   def save(results: list[dict]) -> dict:
@@ -234,10 +235,8 @@ def main(args: argparse.Namespace, argv: list[str], runtime: dict) -> dict:
     report.add_ratios(results)
     data = {"schema": 1, "environment": env, "settings": settings, "results": results,
             "complete": len(results) == total}
-    for path, text in ((json_path, json.dumps(data, indent=1) + "\n"), (md_path, report.render(data))):
-      tmp = path.with_suffix(path.suffix + ".tmp")
-      tmp.write_text(text, encoding="utf-8")
-      tmp.replace(path)
+    write_json(json_path, data)
+    write_text(md_path, report.render(data))
     return data
 
   data = save(bench.run(log, on_result=save))

@@ -43,6 +43,17 @@ def _maybe_weight_norm(layer: nn.Module, weight_norm: bool) -> nn.Module:
   return nn.WeightNorm(layer) if weight_norm else layer
 
 
+def _window_padding(rows: tuple[int, int], cols: tuple[int, int]):
+  """((top, bottom), (left, right)) zero padding for a VALID conv over the window rows x cols.
+
+  Padded row t + r0 is original row t; a VALID conv then puts rows t+r0..t+r1 at output row t.
+  When r1 < 0 the output has -r1 extra rows at the bottom, which a crop to [:H] drops
+  (columns alike).
+  """
+  (r0, r1), (c0, c1) = rows, cols
+  return (-r0, max(r1, 0)), (-c0, max(c1, 0))
+
+
 class ShiftedConv(nn.Module):
   """Conv whose output at (i,j) sees input rows i+r0..i+r1 and columns j+c0..j+c1.
 
@@ -61,9 +72,7 @@ class ShiftedConv(nn.Module):
   def __call__(self, x):
     (r0, r1), (c0, c1) = self.rows, self.cols
     height, width = x.shape[1], x.shape[2]
-    # Padded row t + r0 is original row t; a VALID conv then puts rows t+r0..t+r1 at output row
-    # t. When r1 < 0 the output has -r1 extra rows at the bottom, which the crop drops.
-    x = jnp.pad(x, ((0, 0), (-r0, max(r1, 0)), (-c0, max(c1, 0)), (0, 0)))
+    x = jnp.pad(x, ((0, 0), *_window_padding(self.rows, self.cols), (0, 0)))
     conv = nn.Conv(self.features, (r1 - r0 + 1, c1 - c0 + 1), padding="VALID",
                    use_bias=self.use_bias, dtype=self.dtype)
     return _maybe_weight_norm(conv, self.weight_norm)(x)[:, :height, :width]
@@ -99,7 +108,7 @@ class CodeConv(nn.Module):
                                       + 1e-12) * scale
     bias = self.param("bias", nn.initializers.zeros, (self.features,))
     height, width = inputs.shape[1], inputs.shape[2]
-    padding = ((-r0, max(r1, 0)), (-c0, max(c1, 0)))
+    padding = _window_padding(self.rows, self.cols)
     if jnp.issubdtype(inputs.dtype, jnp.integer):
       codes = jnp.pad(inputs.astype(jnp.int32), ((0, 0), *padding),
                       constant_values=self.num_codes)

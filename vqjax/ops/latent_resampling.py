@@ -196,7 +196,8 @@ def resample(logits_fn, tables: jnp.ndarray, eta, *, local_constraint: bool = Tr
                                     read(state.original_constraint))
     if constraint_from == "original":
       constraint = original_constraint.reshape(slots, height, width)
-    changes = _replace_condition(probs, constraint, eta, local_constraint) & (best != current_tables)
+    changes = (_replace_condition(probs, constraint, eta, local_constraint)
+               & (best != current_tables))
     changes = changes.reshape(slots, size) & (positions[None, :] >= cursor[:, None])
     found = jnp.any(changes, axis=-1)
     first = jnp.argmax(changes, axis=-1)
