@@ -26,7 +26,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.image_size = 32
   apply_paper_model(config, num_downsamplings=2)
   config.train.batch_size = 64
-  config.train.num_steps = 10000  # ~128 epochs of the 4500 training images of a class
+  # ~142 epochs of the 4500 training images of a class (the paper gives no length).
+  config.train.num_steps = 10000
   config.anomaly.ssim_window_size = 7  # an 11-px window is a third of a 32-px image
   config.anomaly.am_dilation = 3
   config.eval.image_score = "mean"  # §III-D: average of the pixel-wise map

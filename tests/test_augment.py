@@ -41,6 +41,33 @@ def test_small_rotation_keeps_centre_and_changes_image():
   np.testing.assert_allclose(zero, images, atol=1e-5)
 
 
+def _crop_resize_matches(image, augmented, crop):
+  """[(dihedral index, top, left)] whose crop, bilinearly resized back by scikit-image (an
+  independent resize, edge-clamped like jax.image.resize), equals `augmented`."""
+  from skimage.transform import resize
+  size = image.shape[0]
+  matches = []
+  for d, rotated in enumerate(_dihedral(image)):
+    for top in range(size - crop + 1):
+      for left in range(size - crop + 1):
+        resized = resize(rotated[top:top + crop, left:left + crop].astype(np.float64),
+                         image.shape, order=1, mode="edge", anti_aliasing=False)
+        if np.abs(resized - augmented).max() < 1e-5:  # float32 interpolation: ~1e-7 measured
+          matches.append((d, top, left))
+  return matches
+
+
+def test_texture_policy_is_a_resized_crop_of_a_rotation_or_flip():
+  images = _images()
+  out = np.asarray(augment_images(images, jax.random.key(1), "texture", crop_fraction=0.5))
+  picks = []
+  for image, aug in zip(np.asarray(images), out):
+    matches = _crop_resize_matches(image, aug, crop=8)
+    assert len(matches) == 1, matches
+    picks.append(matches[0])
+  assert len({p[0] for p in picks}) > 1 and len({p[1:] for p in picks}) > 1  # per-image draws
+
+
 def test_texture_policy_crops_and_resizes_back():
   images = _images()
   out = augment_images(images, jax.random.key(1), "texture", crop_fraction=0.5)

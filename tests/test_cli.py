@@ -7,7 +7,9 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
-from sklearn.metrics import roc_auc_score
+from skimage.metrics import structural_similarity
+
+from metric_check import check_against_arrays
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -48,12 +50,22 @@ def _run_cli(*args, cwd=REPO):
                          *args], cwd=cwd, capture_output=True, text=True, timeout=900)
 
 
+def _skimage_ssim_anomaly_map(image, reconstruction):
+  """1 - SSIM averaged over channels, from scikit-image (Gaussian 11x11, sigma 1.5, float64)."""
+  return 1.0 - np.mean([structural_similarity(
+      image[..., c].astype(np.float64), reconstruction[..., c].astype(np.float64), full=True,
+      data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)[1]
+      for c in range(image.shape[-1])], axis=0)
+
+
 def test_cli_runs_end_to_end_on_an_unseen_folder_and_writes_all_outputs(tmp_path):
-  root = _write_rgb_mvtec(tmp_path / "data")
+  root = _write_rgb_mvtec(tmp_path / "data", size=32)  # no resize: files compare as stored
   workdir = tmp_path / "run"
+  # 8 test images in batches of 3: the last batch is padded, its tail must be dropped.
   out = _run_cli(f"--config.data.root={root}", "--config.data.category=widget",
                  f"--config.workdir={workdir}", "--config.data.image_size=32",
-                 "--config.eval.save_arrays=True")
+                 "--config.eval.save_arrays=True", "--config.eval.batch_size=3",
+                 "--config.anomaly.ssim_window_size=11")
   assert out.returncode == 0, out.stderr[-3000:]
   assert "ssim_am" in out.stdout and "pixel_AUROC" in out.stdout
   metrics = json.loads((workdir / "metrics.json").read_text())
@@ -64,19 +76,25 @@ def test_cli_runs_end_to_end_on_an_unseen_folder_and_writes_all_outputs(tmp_path
   assert (workdir / "summary.md").read_text().startswith("# vqvae_ssim")
   overlays = sorted((workdir / "overlays").glob("*.png"))
   assert len(overlays) == 2
-  # metrics.json is recomputable from eval_arrays.npz with scikit-learn.
   arrays = np.load(workdir / "eval_arrays.npz")
   assert arrays["images"].shape == (8, 32, 32, 3) and arrays["masks"].dtype == bool
+  # The images are the test files, in order, as read from disk.
+  names = [str(n) for n in arrays["names"]]
+  for i in (0, 7):
+    from_disk = np.asarray(Image.open(root / "widget" / names[i]).convert("RGB")) / 255.0
+    np.testing.assert_allclose(arrays["images"][i], from_disk, atol=1e-6)
+  # Each stored SSIM map is the map of its own image and reconstruction (scikit-image).
+  for i in range(8):
+    expected = _skimage_ssim_anomaly_map(arrays["images"][i], arrays["reconstructions"][i])
+    np.testing.assert_allclose(arrays["map_ssim"][i], expected, atol=1.5e-4, err_msg=str(i))
+  # metrics.json is recomputable from eval_arrays.npz with scikit-learn.
   for variant in ("ssim", "ssim_am"):
-    m = arrays[f"map_{variant}"]
-    assert m.shape == (8, 32, 32)
-    assert roc_auc_score(arrays["masks"].reshape(-1), m.reshape(-1)) == pytest.approx(
-        metrics[variant]["pixel_auroc"], abs=1e-12)
-    assert roc_auc_score(arrays["labels"], m.reshape(8, -1).max(1)) == pytest.approx(
-        metrics[variant]["image_auroc"], abs=1e-12)
+    assert arrays[f"map_{variant}"].shape == (8, 32, 32)
+    check_against_arrays(metrics[variant], arrays, variant, "max", min_area=4)
   # A second invocation resumes (nothing to train) and rewrites the same metrics.
   again = _run_cli(f"--config.data.root={root}", "--config.data.category=widget",
-                   f"--config.workdir={workdir}", "--config.data.image_size=32")
+                   f"--config.workdir={workdir}", "--config.data.image_size=32",
+                   "--config.anomaly.ssim_window_size=11", "--config.eval.batch_size=3")
   assert again.returncode == 0, again.stderr[-3000:]
   assert "resuming from checkpoint step 6" in again.stderr
   metrics_again = json.loads((workdir / "metrics.json").read_text())
@@ -89,11 +107,14 @@ def test_cli_runs_on_a_greyscale_demo_category(tmp_path):
   demo.generate_demo_dataset(root, num_train=10, num_test_good=3, num_test_per_defect=2)
   workdir = tmp_path / "run"
   out = _run_cli(f"--config.data.root={root}", "--config.data.category=gravel",
-                 f"--config.workdir={workdir}")
+                 f"--config.workdir={workdir}", "--config.eval.save_arrays=True")
   assert out.returncode == 0, out.stderr[-3000:]
   metrics = json.loads((workdir / "metrics.json").read_text())
-  assert 0.0 <= metrics["ssim_am"]["pixel_auroc"] <= 1.0
   assert metrics["run"]["num_images"]["test_anomalous"] == 6
+  arrays = np.load(workdir / "eval_arrays.npz")
+  assert arrays["images"].shape[-1] == 1
+  checked = check_against_arrays(metrics["ssim_am"], arrays, "ssim_am", "max", min_area=4)
+  assert {"pixel_auroc", "per_image_pixel_auroc", "image_accuracy", "pixel_f1"} <= set(checked)
 
 
 @pytest.mark.parametrize("override,expected", [
@@ -109,7 +130,7 @@ def test_cli_rejects_bad_config_with_a_clear_message(tmp_path, override, expecte
   out = _run_cli(override, f"--config.workdir={tmp_path / 'run'}")
   assert out.returncode != 0
   assert expected in out.stderr, out.stderr[-2000:]
-  assert "Traceback" not in out.stderr[-2000:] or "FileNotFoundError" in out.stderr
+  assert "Traceback" not in out.stderr
 
 
 def test_cli_refuses_to_resume_a_workdir_with_other_model_settings(tmp_path):
@@ -121,25 +142,3 @@ def test_cli_refuses_to_resume_a_workdir_with_other_model_settings(tmp_path):
   out = _run_cli(*common, "--config.model.channels=8")
   assert out.returncode != 0
   assert "model.channels: 16 -> 8" in out.stderr and "new --config.workdir" in out.stderr
-
-
-PRESETS = {"configs/mvtec_vq.py": ("default", "paper", "smoke"),
-           "configs/mvtec_vq_resample.py": ("default", "paper", "timing", "smoke"),
-           "configs/ucsd_vq.py": ("default", "smoke"),
-           "configs/cifar10_vq.py": ("default", "smoke")}
-
-
-@pytest.mark.parametrize("path,preset", [(p, s) for p, presets in PRESETS.items()
-                                         for s in presets])
-def test_every_preset_passes_the_config_checks(path, preset):
-  from vqjax.config_checks import validate_config
-  from vqjax.config_defaults import load_config_file
-  validate_config(load_config_file(str(REPO / f"{path}:{preset}")))
-
-
-def test_timing_preset_is_the_paper_model_briefly_trained():
-  from vqjax.config_defaults import load_config_file
-  paper = load_config_file(str(REPO / "configs/mvtec_vq_resample.py:paper"))
-  timing = load_config_file(str(REPO / "configs/mvtec_vq_resample.py:timing"))
-  assert timing.model == paper.model and timing.prior == paper.prior
-  assert timing.train.num_steps < paper.train.num_steps and timing.anomaly.eta == 5e-4
