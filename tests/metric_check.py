@@ -29,6 +29,7 @@ def check_against_arrays(result: dict, arrays, variant: str, image_score: str, m
     threshold = result["threshold"]["value"]
     decisions = np.array([_largest_area(m >= threshold) >= min_area for m in maps])
     checked["image_accuracy"] = 0.5 * (np.mean(~decisions[~labels]) + np.mean(decisions[labels]))
+    checked["image_f1"] = f1_score(labels, decisions)
     if masks.any():
       checked["pixel_f1"] = f1_score(masks.ravel(), (maps[keep] >= threshold).ravel())
   for key, value in checked.items():

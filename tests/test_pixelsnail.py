@@ -189,5 +189,7 @@ def test_learns_a_deterministic_raster_pattern():
     losses.append(loss)
   losses = np.asarray(losses)
   assert np.isfinite(losses).all()
-  assert losses[0] > 0.8 * math.log(K)
-  assert losses[-5:].mean() < 0.1 * math.log(K), losses[::10]  # ~0.05 nats in practice
+  assert losses[0] > 0.8 * math.log(K)  # untrained: near-uniform predictions, log K nats
+  # Every code but z_00 is fixed by its prefix, so the attainable loss is log K / (H*W) nats;
+  # a tenth of the uniform loss leaves room for 100 steps of Adam (~0.05 nats in practice).
+  assert losses[-5:].mean() < 0.1 * math.log(K), losses[::10]

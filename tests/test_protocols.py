@@ -9,7 +9,9 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 
+from metric_check import check_against_arrays
 from test_readers import _write_cifar_batch
 from vqjax.data import demo, one_vs_rest
 
@@ -28,11 +30,14 @@ def test_mvtec_sweep_over_all_categories_writes_results_table(tmp_path):
   demo.generate_demo_dataset(root, num_train=8, num_test_good=3, num_test_per_defect=2)
   workdir = tmp_path / "runs" / "{category}"
   _run("configs/mvtec_vq.py:smoke", f"--config.data.root={root}", "--config.data.category=all",
-       f"--config.workdir={workdir}", "--config.train.num_steps=3")
+       f"--config.workdir={workdir}", "--config.train.num_steps=3", "--config.eval.save_arrays=True")
   for category in demo.DEMO_CATEGORIES:
     metrics = json.loads((tmp_path / "runs" / category / "metrics.json").read_text())
-    for key in ("pixel_auroc", "per_image_pixel_auroc", "au_pro", "image_accuracy", "pixel_f1"):
-      assert 0.0 <= metrics["ssim_am"][key] <= 1.0, key
+    arrays = np.load(tmp_path / "runs" / category / "eval_arrays.npz")
+    for variant in ("ssim", "ssim_am"):
+      checked = check_against_arrays(metrics[variant], arrays, variant, "max", min_area=4)
+      assert {"pixel_auroc", "per_image_pixel_auroc", "image_accuracy", "pixel_f1"} <= set(checked)
+    assert 0.0 <= metrics["ssim_am"]["au_pro"] <= 1.0  # AU-PRO: tested against its definition in test_metrics
     assert metrics["ssim_am"]["threshold"]["protocol"] == "bergmann"
     for picture in ("roc_image.png", "roc_pixel.png", "pro.png"):
       assert (tmp_path / "runs" / category / picture).stat().st_size > 1000
@@ -85,11 +90,12 @@ def test_ucsd_protocol_runs_and_scores_pixels_only_on_clips_with_truth(tmp_path)
   assert metrics["run"]["num_images"] == {"train": 6, "val": 6, "test": 6, "test_anomalous": 3,
                                           "test_with_pixel_truth": 4}
   arrays = np.load(workdir / "eval_arrays.npz")
-  from sklearn.metrics import roc_auc_score
   keep = arrays["has_mask"]
   assert keep.tolist() == [True] * 4 + [False] * 2
   expected = roc_auc_score(arrays["masks"][keep].reshape(-1), arrays["map_ssim"][keep].reshape(-1))
   assert metrics["ssim"]["pixel_auroc"] == pytest.approx(expected, abs=1e-12)
+  for variant in ("ssim", "ssim_am"):
+    check_against_arrays(metrics[variant], arrays, variant, "max", min_area=4)
 
 
 def test_cifar10_one_vs_rest_sweep_over_ten_classes(tmp_path):
@@ -104,17 +110,29 @@ def test_cifar10_one_vs_rest_sweep_over_ten_classes(tmp_path):
                      [i % 10 for i in range(30)])
   workdir = tmp_path / "runs" / "{category}"
   _run("configs/cifar10_vq.py:smoke", f"--config.data.root={tmp_path / 'cifar'}",
-       "--config.data.category=all", f"--config.workdir={workdir}", "--config.train.num_steps=2")
+       "--config.data.category=all", f"--config.workdir={workdir}", "--config.train.num_steps=2",
+       "--config.eval.save_arrays=True")
   metrics = json.loads((tmp_path / "runs" / "cat" / "metrics.json").read_text())
   assert metrics["run"]["num_images"]["test"] == 30
   assert metrics["run"]["num_images"]["test_anomalous"] == 27
   assert metrics["ssim_am"]["pixel_auroc"] is None  # no pixel ground truth in CIFAR-10
-  assert 0.0 <= metrics["ssim_am"]["image_auroc"] <= 1.0
   assert metrics["run"]["image_score"] == "mean"
-  table = (tmp_path / "runs" / "all" / "results.md").read_text()
-  assert "| airplane |" in table and "| **mean** |" in table
-  assert "paper (image auroc)" in table and "| **mean** |" in table.splitlines()[-1]
-  assert "0.66" in table.splitlines()[-1]  # Table III mean of SSIM+AM beside ours
+  # Table III protocol: image AUROC of the per-image MEAN of the map.
+  arrays = np.load(tmp_path / "runs" / "cat" / "eval_arrays.npz")
+  for variant in ("ssim", "ssim_am"):
+    maps = arrays[f"map_{variant}"].astype(np.float64)
+    expected = roc_auc_score(arrays["labels"], maps.reshape(30, -1).mean(axis=1))
+    assert metrics[variant]["image_auroc"] == pytest.approx(expected, abs=1e-12)
+    check_against_arrays(metrics[variant], arrays, variant, "mean", min_area=4)
+  lines = (tmp_path / "runs" / "all" / "results.md").read_text().splitlines()
+  header = [c.strip() for c in next(l for l in lines if l.startswith("| category")).split("|")]
+  rows = {cells[1]: cells for cells in ([c.strip() for c in l.split("|")] for l in lines
+                                        if l.startswith("| ") and not l.startswith("| category"))}
+  paper_column = header.index("ssim_am paper (image auroc)")
+  # Table III of Gangloff et al. 2022, VQ-VAE SSIM+AM column: airplane 0.69, ship 0.74, mean 0.66.
+  assert rows["airplane"][paper_column] == "0.69" and rows["ship"][paper_column] == "0.74"
+  assert lines[-1].startswith("| **mean** |") and rows["**mean**"][paper_column] == "0.66"
+  assert rows["**mean**"][header.index("ssim paper (image auroc)")] == "0.65"
 
 
 @pytest.mark.parametrize("overrides", [
@@ -124,10 +142,14 @@ def test_cifar10_one_vs_rest_sweep_over_ten_classes(tmp_path):
 ])
 def test_latent_resampling_runs_end_to_end_and_writes_all_metrics(tmp_path, overrides):
   workdir = tmp_path / "run"
-  _run("configs/mvtec_vq_resample.py:smoke", f"--config.workdir={workdir}", *overrides)
+  _run("configs/mvtec_vq_resample.py:smoke", f"--config.workdir={workdir}",
+       "--config.eval.save_arrays=True", *overrides)
   metrics = json.loads((workdir / "metrics.json").read_text())
   r = metrics["resample"]
-  for key in ("pixel_auroc", "image_auroc", "au_pro", "image_accuracy", "image_f1", "pixel_f1"):
+  checked = check_against_arrays(r, np.load(workdir / "eval_arrays.npz"), "resample", "max",
+                                 min_area=4)
+  assert {"pixel_auroc", "image_auroc", "image_accuracy", "pixel_f1"} <= set(checked)
+  for key in ("au_pro", "image_f1"):
     assert 0.0 <= r[key] <= 1.0, key
   for stage in ("vqvae", "prior"):
     assert (workdir / stage / "checkpoints").is_dir() and (workdir / stage / "train_log.jsonl").exists()

@@ -147,11 +147,18 @@ def test_bfloat16_compute_trains_and_maps_agree_with_float32(tmp_path):
   # Same trained float32 parameters, bf16 convolutions: maps stay close to float32's.
   batch = jax.numpy.asarray(images[:8], jax.numpy.float32) / 255
   out32, out16 = method32.predict(variables, batch), method16.predict(variables, batch)
+  # Bound from bf16 itself, not from a measurement: each of the smoke net's 10 convolutions
+  # rounds its operands to bf16's 8-bit significand (relative error <= 2^-8); to first order
+  # the errors add, so outputs stay within 10 * 2^-8 = 3.9% (relative L2) of float32's.
+  # Measured: 1.3% (reconstructions), 0.9-1.0% (maps).
+  bound = 10 * 2.0**-8
+  relative = lambda a, b: np.linalg.norm(np.asarray(b) - a) / np.linalg.norm(a)
+  r32, r16 = np.asarray(out32["reconstructions"]), np.asarray(out16["reconstructions"])
+  assert relative(r32, r16) < bound
   for variant in ("ssim", "ssim_am"):
     a, b = np.asarray(out32["maps"][variant]), np.asarray(out16["maps"][variant])
     assert b.dtype == np.float32
-    # Measured 0.976 (ssim) on this 20-step smoke model; an fp32/bf16 mix-up breaks it.
-    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.95, variant
+    assert relative(a, b) < bound, variant
   # And a bf16 run trains: finite, decreasing loss; parameters stay float32.
   variables16, _ = train_lib.train(config, method16, images, tmp_path / "bf16", show_progress=False)
   losses = [r["loss"] for r in _read_log(tmp_path / "bf16")]
