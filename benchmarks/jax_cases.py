@@ -16,7 +16,8 @@ import numpy as np
 from benchmarks.harness import MemoryProbe, Workload
 from vqjax.methods.vqvae_ssim import VQVAESSIM
 from vqjax.ops.ssim import ssim_map
-from vqjax.train import TrainState, make_optimizer, make_train_step
+from vqjax.optimizers import make_optimizer
+from vqjax.train import TrainState, make_train_step
 
 
 def select_device(kind: str) -> jax.Device:
@@ -147,7 +148,7 @@ def train(method: VQVAESSIM, config, variables, host_batches_u8, device) -> Work
   Single device, so no shardings are passed (train.py's replicated / batch-sharded
   shardings over a 1-device mesh are the same placement).
   """
-  optimizer = make_optimizer(config.train)
+  optimizer = make_optimizer(config.train, config.train.num_steps)
   variables = jax.device_put(variables, device)
   params = variables["params"]
   state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), device), params=params,

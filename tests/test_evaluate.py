@@ -6,7 +6,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from configs import mvtec_vq
-from vqjax import evaluate, metrics, sharding
+from vqjax import evaluate, inference, metrics, sharding
 from vqjax.methods import get_method
 
 
@@ -25,8 +25,8 @@ def test_predict_split_equals_predict_image_by_image(smoke_model, num_images, ba
   method, variables, images = smoke_model
   images = images[:num_images]
   mesh = sharding.make_data_mesh()
-  out = evaluate.predict_split(evaluate.make_predict_fn(method, mesh), variables, images,
-                               batch_size, mesh)
+  out = inference.predict_split(inference.make_predict_fn(method.predict, mesh), variables,
+                                images, batch_size, mesh)
   one = jax.jit(method.predict)
   assert out["maps"]["ssim_am"].shape == (num_images, 32, 32)
   for i, image in enumerate(images):

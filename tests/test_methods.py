@@ -155,8 +155,8 @@ def test_choose_eta_takes_the_best_validation_auroc_and_the_smaller_eta_on_ties(
                         lambda maps, masks: scores[round(float(maps.flat[0]), 8)])
     return method.choose_eta({"eta": jnp.float32(0)}, val_images, config, mesh=None)
 
-  monkeypatch.setattr(latent_resampling_module.evaluate, "predict_split", fake_predict_split)
-  monkeypatch.setattr(latent_resampling_module.evaluate, "make_predict_fn", lambda *a, **k: None)
+  monkeypatch.setattr(latent_resampling_module.inference, "predict_split", fake_predict_split)
+  monkeypatch.setattr(latent_resampling_module.inference, "make_predict_fn", lambda *a, **k: None)
   r = lambda e: round(float(np.float32(e)), 8)
   best, search = run({r(1e-4): 0.6, r(1e-3): 0.8, r(1e-2): 0.8, r(1e-1): 0.7})
   assert best == pytest.approx(1e-3) and set(search) == {"0.0001", "0.001", "0.01", "0.1"}

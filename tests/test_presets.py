@@ -26,7 +26,18 @@ _GANGLOFF_NET = {  # §III-A, the same net for every experiment (UCSD, CIFAR: 2 
     "anomaly.ssim_k1": (0.01, f"{G} Eq. 5: c1 = 0.01 (K1 of Wang et al. 2004)"),
     "anomaly.ssim_k2": (0.03, f"{G} Eq. 5: c2 = 0.03 (K2 of Wang et al. 2004)"),
 }
+_ADAM_CONSTANT = {  # the optimizer keys of vqjax/optimizers.py, at plain Adam's values
+    "train.b1": (0.9, "Adam's default"),
+    "train.b2": (0.999, "Adam's default"),
+    "train.weight_decay": (0.0, "no weight decay is mentioned"),
+    "train.schedule": ("constant", "no learning-rate schedule is mentioned"),
+    "train.warmup_steps": (0, "no warmup is mentioned"),
+    "train.frozen_params": ((), "every parameter is trained"),
+}
 _GANGLOFF_DECISIONS = {  # the paper is silent (SPEC §1 "Decide")
+    **_ADAM_CONSTANT,
+    "train.optimizer": ("adam", "optimiser not given"),
+    "train.num_epochs": (None, "training length not given: in steps"),
     "loss.beta": (0.25, "commitment weight: van den Oord et al.'s value"),
     "loss.dead_code_threshold": (0.1, "restarts against codebook collapse; not in the paper "
                                       "(issue 14 decides whether :paper keeps them)"),
@@ -77,6 +88,7 @@ PAPER = {
         "model.embedding_dim": (32, f"{W} §4.3.2: codebook 512x32, z_e 32x32x32"),
         "loss.likelihood": ("mse", f"{W} Eq. 3: L2 reconstruction"),
         "loss.beta": (0.25, f"{W} §4.3.2: 'The weight factor beta is set to 0.25'"),
+        "train.optimizer": ("adam", f"{W} §4.3.2: 'We use the ADAM optimizer'"),
         "train.learning_rate": (3e-4, f"{W} §4.3.2: ADAM, learning rate 3e-4"),
         "train.batch_size": (256, f"{W} §4.3.2: '100 epochs with batch size 256'"),
         "prior.num_blocks": (3, f"{W} §4.3.2: residual + attention block 'repeated three times'"),
@@ -116,6 +128,8 @@ DECISIONS = {
         "eval.min_defect_area": (4, "no pixel truth; Bergmann area at 32x32"),
     },
     "configs/mvtec_vq_resample.py:paper": {
+        **_ADAM_CONSTANT,
+        "train.num_epochs": (None, "NOT the paper's 100 epochs: issue 14 moves it to epochs"),
         "model.channels": (128, "hidden width not given"),
         "loss.dead_code_threshold": (0.1, "restarts; not in the paper (issue 14)"),
         "train.num_steps": (20000, "NOT the paper's 100 epochs: issue 14 moves it to epochs"),
@@ -138,6 +152,8 @@ DECISIONS = {
 # Keys (prefixes) that define an experiment and so must sit in one of the two tables.
 _DEFINING = ("data.image_size", "data.dataset", "model.", "loss.", "anomaly.", "augment.",
              "prior.", "train.batch_size", "train.learning_rate", "train.num_steps",
+             "train.num_epochs", "train.optimizer", "train.b1", "train.b2",
+             "train.weight_decay", "train.schedule", "train.warmup_steps", "train.frozen_params",
              "prior_train.batch_size", "prior_train.learning_rate", "prior_train.num_steps",
              "eval.image_score", "eval.pro_fpr_limit", "eval.min_defect_area")
 # Not read by the method of that file, or not experiment-defining (augment.* sizes matter only

@@ -127,7 +127,7 @@ def test_train_step_compiles_once(tmp_path):
   import chex
   config = _smoke_config(num_steps=3)
   method = get_method(config, 3)
-  optimizer = train_lib.make_optimizer(config.train)
+  optimizer = train_lib.make_optimizer(config.train, config.train.num_steps)
   # A state leaf whose dtype/weak-type changes after one update would retrace the step.
   step = jax.jit(chex.assert_max_traces(train_lib.make_train_step(method, optimizer), n=1))
   state = train_lib.init_train_state(method, optimizer, jax.random.key(0), (32, 32, 3))

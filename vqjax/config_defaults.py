@@ -54,7 +54,18 @@ def vqvae_ssim_config() -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 16
   config.train.num_steps = 1500
+  config.train.num_epochs = config_dict.placeholder(float)  # set (> 0): overrides num_steps
+  # vqjax/optimizers.py: adam | adamw; constant | cosine | polynomial schedule with warmup.
+  config.train.optimizer = "adam"
   config.train.learning_rate = 3e-4
+  config.train.b1 = 0.9
+  config.train.b2 = 0.999
+  config.train.weight_decay = 0.0  # adamw only
+  config.train.schedule = "constant"
+  config.train.warmup_steps = 0
+  config.train.decay_power = 1.0  # polynomial schedule
+  config.train.end_learning_rate = 0.0  # polynomial and cosine schedules
+  config.train.frozen_params = ()  # top-level parameter names that get no updates
   config.train.log_every = 50
   config.train.checkpoint_every = 500
   config.train.max_checkpoints = 2

@@ -1,59 +1,27 @@
-"""Runs a trained method over a split and turns its maps into metrics (host side)."""
+"""Turns a method's maps (and image scores) into metrics, on the host. Only scores:
+running a method over a split is vqjax.inference."""
 from __future__ import annotations
 
-
-import jax
-from jax.experimental import multihost_utils
 import numpy as np
 
-from vqjax import metrics, sharding
-
-
-def make_predict_fn(method, mesh, fn=None):
-  """Jitted (variables, images uint8 [B,H,W,C]) -> fn outputs (default method.predict),
-  batch-sharded."""
-  return jax.jit(fn or method.predict,
-                 in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
-                 out_shardings=sharding.batch_sharded(mesh))
-
-
-def predict_split(predict_fn, variables, images: np.ndarray, batch_size: int, mesh) -> dict:
-  """Applies predict_fn to images [N,H,W,C] uint8 in fixed-size batches (last one padded,
-  so there is one compilation) and returns host arrays with leading dimension N."""
-  chunks = []
-  for start in range(0, len(images), batch_size):
-    batch = images[start:start + batch_size]
-    n = len(batch)
-    if n < batch_size:
-      batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - n, axis=0)])
-    out = predict_fn(variables, sharding.put_global_batch(batch, mesh))
-    # process_allgather: on several hosts each holds only its shard of the batch.
-    out = multihost_utils.process_allgather(out, tiled=True)
-    chunks.append(jax.tree.map(lambda a, n=n: np.asarray(a)[:n], out))
-  return jax.tree.map(lambda *xs: np.concatenate(xs), *chunks)
+from vqjax import metrics
+from vqjax.inference import to_unit_range_host
 
 
 def mean_image_baseline(train_images: np.ndarray, images: np.ndarray) -> np.ndarray:
   """Trivial baseline: per-pixel L2 distance (over channels) to the mean training image.
   train_images, images uint8 [N,H,W,C] -> maps [N,H,W] float32."""
-  mean_image = train_images.astype(np.float64).mean(axis=0) / 255.0
-  diff = images.astype(np.float64) / 255.0 - mean_image
+  mean_image = to_unit_range_host(train_images, np.float64).mean(axis=0)
+  diff = to_unit_range_host(images, np.float64) - mean_image
   return np.sqrt(np.sum(diff**2, axis=-1)).astype(np.float32)
 
 
-def codebook_stats(indices: np.ndarray, num_codes: int) -> dict:
-  """Fraction of codes used and perplexity of code frequencies over indices [N,h,w]."""
-  counts = np.bincount(indices.reshape(-1), minlength=num_codes).astype(np.float64)
-  p = counts / counts.sum()
-  nz = p[p > 0]
-  return {"fraction_used": float(np.mean(counts > 0)),
-          "perplexity": float(np.exp(-np.sum(nz * np.log(nz)))), "num_codes": num_codes}
-
-
-def score_maps(maps: dict, split, eval_config, val_maps: dict | None = None) -> dict:
+def score_maps(maps: dict, split, eval_config, val_maps: dict | None = None,
+               scores: dict | None = None) -> dict:
   """{name: test maps [N,H,W]} -> {name: metrics} for a labelled test split.
 
-  Image metrics use the map reduced by eval.image_score. Pixel metrics use only the test
+  Image metrics use the method's own image scores {name: [N]} where it gives them (e.g. IGD
+  Eq. 11), else the map reduced by eval.image_score. Pixel metrics use only the test
   images that have pixel ground truth (None when none has). Thresholded metrics use a
   threshold fitted on the maps of the normal validation images `val_maps` (never on test).
   """
@@ -61,9 +29,10 @@ def score_maps(maps: dict, split, eval_config, val_maps: dict | None = None) -> 
   has_pixel_truth = pixel_idx.size > 0 and split.masks[pixel_idx].any()
   results = {}
   for name, m in maps.items():
-    scores = metrics.image_scores(m, eval_config.image_score)
-    r = {"image_auroc": metrics.image_auroc(scores, split.labels),
-         "image_f1_max": metrics.f1_max(scores, split.labels)[0],
+    image_scores = (np.asarray(scores[name], np.float64) if scores and name in scores
+                    else metrics.image_scores(m, eval_config.image_score))
+    r = {"image_auroc": metrics.image_auroc(image_scores, split.labels),
+         "image_f1_max": metrics.f1_max(image_scores, split.labels)[0],
          "pixel_auroc": None, "per_image_pixel_auroc": None, "au_pro": None, "pixel_f1_max": None}
     if has_pixel_truth:
       pm, pk = m[pixel_idx], split.masks[pixel_idx]

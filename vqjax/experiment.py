@@ -9,14 +9,20 @@ import time
 import jax
 import numpy as np
 
-from vqjax import data, evaluate, report, sharding
+from vqjax import data, evaluate, inference, report, sharding
+from vqjax.errors import UserInputError
 from vqjax.methods import get_method
 
 logger = logging.getLogger("vqjax")
 
 # Keys that may change between a run and its resumption in the same workdir.
-_RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.checkpoint_every",
-                   "train.max_checkpoints", "eval", "workdir")
+_RESUMABLE_KEYS = ("train.num_steps", "train.num_epochs", "train.log_every",
+                   "train.checkpoint_every", "train.max_checkpoints", "eval", "workdir")
+# Keys added after runs were written: a saved config without them ran as these values do.
+_ADDED_KEY_DEFAULTS = {"train.optimizer": "adam", "train.b1": 0.9, "train.b2": 0.999,
+                       "train.weight_decay": 0.0, "train.schedule": "constant",
+                       "train.warmup_steps": 0, "train.decay_power": 1.0,
+                       "train.end_learning_rate": 0.0, "train.frozen_params": []}
 
 
 _NON_VARIANT_KEYS = ("baselines", "run", "config")
@@ -25,10 +31,6 @@ _NON_VARIANT_KEYS = ("baselines", "run", "config")
 def variant_names(metrics_json: dict) -> list[str]:
   """The method's map variants among the top-level keys of a metrics.json."""
   return [k for k in metrics_json if k not in _NON_VARIANT_KEYS]
-
-
-class UserInputError(ValueError):
-  """Bad data folder or workdir: the message says which file/folder and what was expected."""
 
 
 def resolve_workdir(config) -> pathlib.Path:
@@ -51,7 +53,8 @@ def check_workdir(workdir: pathlib.Path, config_dict: dict) -> None:
   if not saved_path.exists():
     return
   saved = _flatten(json.loads(saved_path.read_text()))
-  current = _flatten(config_dict)
+  saved = {**{k: v for k, v in _ADDED_KEY_DEFAULTS.items() if k not in saved}, **saved}
+  current = _flatten(json.loads(json.dumps(config_dict)))  # tuples compare as saved (lists)
   changed = sorted(k for k in set(saved) | set(current)
                    if saved.get(k) != current.get(k)
                    and not any(k == r or k.startswith(r + ".") for r in _RESUMABLE_KEYS))
@@ -92,21 +95,19 @@ def run(config, *, show_progress: bool = True) -> dict:
                                         show_progress=show_progress)
 
   mesh = sharding.make_data_mesh()
-  predict_fn = evaluate.make_predict_fn(method, mesh)
-  predict = lambda images: evaluate.predict_split(predict_fn, variables, images,
-                                                  config.eval.batch_size, mesh)
+  predict_fn = inference.make_predict_fn(method.predict, mesh)
+  predict = lambda images: inference.predict_split(predict_fn, variables, images,
+                                                   config.eval.batch_size, mesh)
   t_eval = time.perf_counter()
   has_val = len(dataset.val) > 0
   test = predict(dataset.test.images)
   val = predict(dataset.val.images) if has_val else None
-  # Codebook statistics need only the codes of the training images, not their maps.
-  encode_fn = evaluate.make_predict_fn(method, mesh, fn=method.encode_indices)
-  train_indices = evaluate.predict_split(encode_fn, variables, dataset.train.images,
-                                         config.eval.batch_size, mesh)
+  method_info = method.run_info(variables, dataset, train_summary,
+                                batch_size=config.eval.batch_size, mesh=mesh)
   eval_seconds = time.perf_counter() - t_eval
 
   results = evaluate.score_maps(test["maps"], dataset.test, config.eval,
-                                val["maps"] if has_val else None)
+                                val["maps"] if has_val else None, scores=test.get("scores"))
   baseline = lambda split: {"mean_image": evaluate.mean_image_baseline(dataset.train.images,
                                                                        split.images)}
   baseline_test = baseline(dataset.test)
@@ -124,33 +125,35 @@ def run(config, *, show_progress: bool = True) -> dict:
       "total_seconds": time.perf_counter() - t0,
       "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
       "image_score": config.eval.image_score,
-      **{k: train_summary[k] for k in ("prior_steps", "eta", "eta_search") if k in train_summary},
   }
   if has_val:
     # Statistics of maps on held-out normal images: where thresholds come from.
     run_info["validation_map_quantiles"] = {
         v: {q: float(np.quantile(m, float(q))) for q in ("0.5", "0.99", "0.999")}
         for v, m in val["maps"].items()}
-  run_info["codebook"] = evaluate.codebook_stats(train_indices, config.model.num_codes)
+  run_info["method_info"] = sorted(method_info)  # which keys below the method added
+  run_info.update(method_info)
   metrics_json = {**results, "baselines": baselines, "run": run_info, "config": config_dict}
   if not primary:
     return metrics_json
   report.write_json(workdir / "metrics.json", metrics_json)
 
-  images = dataset.test.images.astype(np.float32) / 255.0
+  images = inference.to_unit_range_host(dataset.test.images)
+  reconstructions = test.get("reconstructions")  # not every method has image-space ones
   overlay_idx = report.pick_overlay_indices(dataset.test.labels, config.eval.num_overlays)
-  report.write_overlays(workdir / "overlays", images, test["reconstructions"], test["maps"],
+  report.write_overlays(workdir / "overlays", images, reconstructions, test["maps"],
                         dataset.test.masks, dataset.test.names, overlay_idx)
   report.write_curves(workdir, {**test["maps"], **{f"baseline {k}": m
                                                    for k, m in baseline_test.items()}},
                       dataset.test, config.eval)
   if config.eval.save_arrays:
     report.save_arrays(workdir / "eval_arrays.npz", {
-        "images": images, "reconstructions": test["reconstructions"],
-        "masks": dataset.test.masks, "labels": dataset.test.labels,
+        "images": images, "masks": dataset.test.masks, "labels": dataset.test.labels,
         "has_mask": dataset.test.pixel_mask_available,
         "names": np.asarray(dataset.test.names),
-        **{f"map_{v}": m for v, m in test["maps"].items()}})
+        **({} if reconstructions is None else {"reconstructions": reconstructions}),
+        **{f"map_{v}": m for v, m in test["maps"].items()},
+        **{f"score_{v}": s for v, s in test.get("scores", {}).items()}})
   report.write_text(workdir / "summary.md",
                     report.summary_markdown(results, list(method.variants), baselines, run_info))
   return metrics_json

@@ -93,13 +93,21 @@ def summary_markdown(metrics: dict, variants: list[str], baselines: dict, run: d
               f"largest connected component < {first['threshold']['min_area']} px on every "
               f"validation map); image accuracy = mean of the accuracies on normal and on "
               f"anomalous test images. AU-PRO integrated to FPR 0.3, normalised."]
-  if "codebook" in run:
-    cb = run["codebook"]
-    lines += ["", f"codebook on training images: {cb['fraction_used']:.1%} of "
-              f"{cb['num_codes']} codes used, perplexity {cb['perplexity']:.1f}"]
+  facts = [f"- {key}: {_compact(run[key])}" for key in run.get("method_info", ())]
+  if facts:
+    lines += ["", f"{run['method']}:", *facts]
   lines += ["", "Pictures: `overlays/*.png` (image | reconstruction | maps | ground truth), "
             "`roc_image.png`, `roc_pixel.png`, `pro.png`."]
   return "\n".join(lines) + "\n"
+
+
+def _compact(value) -> str:
+  """One line for a run fact: floats to 4 significant digits, dicts as key value pairs."""
+  if isinstance(value, float):
+    return f"{value:.4g}"
+  if isinstance(value, dict):
+    return ", ".join(f"{k} {_compact(v)}" for k, v in value.items())
+  return str(value)
 
 
 def _save_figure(fig, path: pathlib.Path) -> None:
@@ -161,15 +169,17 @@ def write_overlays(folder: pathlib.Path, images, reconstructions, maps: dict, ma
                    indices) -> list[pathlib.Path]:
   """One PNG per selected test image: image | reconstruction | one heatmap per map | mask.
 
-  images, reconstructions [N,H,W,C] in [0,1]; maps {name: [N,H,W]}; masks [N,H,W] bool.
+  images [N,H,W,C] in [0,1]; reconstructions likewise, or None for a method without an
+  image-space reconstruction (no panel); maps {name: [N,H,W]}; masks [N,H,W] bool.
   Colour scales are shared across the split (1st..99.9th percentile) so images compare.
   """
   folder.mkdir(parents=True, exist_ok=True)
   ranges = {k: (float(np.percentile(m, 1)), float(np.percentile(m, 99.9))) for k, m in maps.items()}
-  titles = ["image", "reconstruction", *maps.keys(), "ground truth"]
+  titles = ["image", *(["reconstruction"] if reconstructions is not None else []),
+            *maps.keys(), "ground truth"]
   written = []
   for i in indices:
-    panels = [images[i], reconstructions[i]]
+    panels = [images[i]] + ([reconstructions[i]] if reconstructions is not None else [])
     panels += [_heat(images[i], m[i], *ranges[k]) for k, m in maps.items()]
     panels.append(masks[i][..., None].astype(np.float32))
     row = np.concatenate([_to_rgb_cell(p) for p in panels], axis=1)

@@ -1,12 +1,20 @@
 """The generic training loop shared by all methods.
 
-One jitted step (`make_train_step`) with explicit shardings and a donated state; batches
-are a pure function of (seed, step) so a resumed run sees exactly the batches an
-uninterrupted one would; orbax checkpoints are written atomically and restored automatically.
+A method hands the loop a `TrainProgram`: how to build its state (any pytree with an int32
+`step`, e.g. parameters and two optimizer states), one pure `step(state, batch, rng, frozen)`,
+periodic hooks, and frozen pretrained variables. The loop owns the rest: one jitted step with
+explicit shardings and a donated state; batches a pure function of (seed, step), so a resumed run
+sees exactly the batches an uninterrupted one would; orbax checkpoints written atomically and
+restored automatically; logging, progress, a stop on non-finite metrics, a save on Ctrl-C.
+Frozen variables never reach an optimizer or a checkpoint: they are loaded at start, passed to
+the step as a separate (replicated, not donated) argument, and their source and checksum are
+recorded in <workdir>/frozen.json and checked on resume.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import pathlib
 import sys
 import time
@@ -21,18 +29,66 @@ import orbax.checkpoint as ocp
 import tqdm
 
 from vqjax import sharding
+from vqjax.errors import UserInputError
+from vqjax.optimizers import make_optimizer
 
 
 @flax.struct.dataclass
 class TrainState:
+  """The state of single-loss methods (one optimizer); other programs bring their own."""
   step: jnp.ndarray      # int32 scalar: number of optimiser updates done
   params: Any
   model_state: Any       # non-trained collections, e.g. {'batch_stats': ...}
   opt_state: Any
 
 
-def make_optimizer(train_config) -> optax.GradientTransformation:
-  return optax.adam(train_config.learning_rate)
+@dataclasses.dataclass(frozen=True)
+class PeriodicHook:
+  """fn(state, frozen, data) -> state, run on the host after every `every` steps (e.g. IGD's
+  EM re-estimation of its centre). Its result is part of the state, saved in the checkpoint of
+  that step, so a resumed run equals an uninterrupted one. data: the training array as stored."""
+  every: int
+  fn: Callable[[Any, Any, np.ndarray], Any]
+  name: str = "hook"
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenVariables:
+  """Pretrained variables that are inputs, not state: info = {'source': ..., 'sha256': ...}."""
+  variables: Any
+  info: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainProgram:
+  """What a method gives the loop for one training stage.
+
+  init(rng, example_batch [1,...] as stored) -> state, a pytree with an int32 scalar `step`.
+  step(state, batch [B,...] as stored, root_key, frozen) -> (state, {name: scalar}); pure,
+    jit-able, must add 1 to `step`; metrics include 'loss'. Derive per-step randomness with
+    jax.random.fold_in(root_key, state.step).
+  variables(state, frozen) -> the variables predict reads.
+  progress: {metric name: label} shown in the progress bar besides the loss.
+  """
+  init: Callable
+  step: Callable
+  variables: Callable
+  hooks: tuple[PeriodicHook, ...] = ()
+  frozen: FrozenVariables | None = None
+  progress: tuple[tuple[str, str], ...] = ()
+
+
+def resolve_num_steps(train_config, num_examples: int) -> int:
+  """train.num_epochs (when set and > 0) in steps of train.batch_size, else train.num_steps."""
+  epochs = train_config.get("num_epochs") if hasattr(train_config, "get") else None
+  if epochs:
+    return math.ceil(epochs * num_examples / train_config.batch_size)
+  return train_config.num_steps
+
+
+def steps_per_epoch(train_config, num_examples: int) -> int:
+  """Updates per pass over num_examples (at least 1): for hooks given in epochs."""
+  return max(1, round(num_examples / train_config.batch_size))
 
 
 def batch_indices(step: int, batch_size: int, num_examples: int, seed: int) -> np.ndarray:
@@ -56,7 +112,9 @@ def init_train_state(method, optimizer, rng, example_shape, example_dtype=jnp.ui
 
 
 def make_train_step(method, optimizer) -> Callable:
-  """(state, batch [B,...] as stored, root_key) -> (state, metrics); pure, jit-able.
+  """(state, batch [B,...] as stored, root_key) -> (state, metrics) for a method with one
+  loss(params, model_state, batch, rng) -> (loss, (model_state, metrics)) and an optional
+  post_update(params, model_state); pure, jit-able.
 
   The batch goes to the method as it is stored on the host (e.g. uint8 images, int32
   index tables): conversion happens on device, inside the method.
@@ -76,6 +134,18 @@ def make_train_step(method, optimizer) -> Callable:
                       opt_state=opt_state), metrics
 
   return train_step
+
+
+def single_loss_program(method, train_config, num_steps: int, example_shape,
+                        example_dtype) -> TrainProgram:
+  """The program of a method with init/loss(/post_update): one optimizer over all params."""
+  optimizer = make_optimizer(train_config, num_steps)
+  step = make_train_step(method, optimizer)
+  return TrainProgram(
+      init=lambda rng, _: init_train_state(method, optimizer, rng, example_shape, example_dtype),
+      step=lambda state, batch, key, frozen: step(state, batch, key),
+      variables=lambda state, frozen: {"params": state.params, **state.model_state},
+      progress=tuple(getattr(method, "progress_metrics", ())))
 
 
 def _checkpoint_manager(workdir: pathlib.Path, train_config) -> ocp.CheckpointManager:
@@ -113,21 +183,56 @@ class _ScalarLog:
     self._tb.close()
 
 
-def train(config, method, train_images: np.ndarray, workdir: pathlib.Path, *,
+def train(config, method, train_data: np.ndarray, workdir: pathlib.Path, *,
           log: Callable[[str], None] = print, show_progress: bool = True) -> tuple[dict, dict]:
-  """Trains `method` on train_images [N,...] (uint8 images, or whatever the method's loss
-  takes) with config.train and config.seed; resumes from the latest checkpoint.
+  """Trains a single-loss method (init/loss/post_update) on train_data [N,...] with
+  config.train and config.seed. Returns (variables for predict, summary)."""
+  num_steps = resolve_num_steps(config.train, len(train_data))
+  program = single_loss_program(method, config.train, num_steps, train_data.shape[1:],
+                                train_data.dtype)
+  return run_training(program, config, train_data, workdir, log=log, show_progress=show_progress)
 
-  Returns (variables for `method.predict`, timing/summary dict).
+
+def _check_frozen_source(workdir: pathlib.Path, frozen: FrozenVariables | None) -> None:
+  """Records the frozen variables' source and checksum; refuses a resume with other ones."""
+  path = workdir / "frozen.json"
+  if frozen is None:
+    return
+  if path.exists() and (workdir / "checkpoints").exists():
+    saved = json.loads(path.read_text())
+    if saved.get("sha256") != frozen.info.get("sha256"):
+      raise UserInputError(
+          f"workdir {workdir} was trained with frozen weights {saved.get('source')!r} "
+          f"(sha256 {saved.get('sha256')}), but this run loads {frozen.info.get('source')!r} "
+          f"(sha256 {frozen.info.get('sha256')}). Pass the same weights, or a new "
+          "--config.workdir.")
+  if jax.process_index() == 0:
+    from vqjax.report import write_json  # local: report imports matplotlib
+    write_json(path, frozen.info)
+
+
+def run_training(program: TrainProgram, config, train_data: np.ndarray, workdir: pathlib.Path, *,
+                 log: Callable[[str], None] = print, show_progress: bool = True
+                 ) -> tuple[dict, dict]:
+  """Runs `program` on train_data [N,...] (uint8 images, int32 index tables...) with
+  config.train (batch_size, num_steps or num_epochs, log/checkpoint intervals) and
+  config.seed; resumes from the latest checkpoint in workdir/checkpoints.
+
+  Returns (program.variables(state, frozen), summary: start_step, steps, compile_seconds,
+  train_seconds).
   """
   tc = config.train
+  num_steps = resolve_num_steps(tc, len(train_data))
+  workdir.mkdir(parents=True, exist_ok=True)
+  _check_frozen_source(workdir, program.frozen)
   mesh = sharding.make_data_mesh()
   replicated = sharding.replicated(mesh)
-  optimizer = make_optimizer(tc)
-  init_fn = lambda rng: init_train_state(method, optimizer, rng, train_images.shape[1:],
-                                         train_images.dtype)
+  example = jnp.zeros((1, *train_data.shape[1:]), train_data.dtype)
+  init_fn = lambda rng: program.init(rng, example)
   root_key = jax.random.key(config.seed)
   init_key, step_key = jax.random.split(root_key)
+  frozen = None if program.frozen is None else jax.device_put(program.frozen.variables,
+                                                                replicated)
 
   manager = _checkpoint_manager(workdir, tc)
   latest = manager.latest_step()
@@ -140,59 +245,65 @@ def train(config, method, train_images: np.ndarray, workdir: pathlib.Path, *,
     try:
       state = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
     except (ValueError, KeyError) as e:
-      raise ValueError(
+      raise UserInputError(
           f"checkpoint {workdir / 'checkpoints'} step {latest} does not fit this config's model "
           f"(written by a run with other model settings, or by a vqjax version whose model had "
           f"another parameter layout?). Use a new config.workdir. "
           f"Cause: {e}") from e
     log(f"resuming from checkpoint step {latest} in {workdir / 'checkpoints'}")
 
-  train_step = jax.jit(make_train_step(method, optimizer),
-                       in_shardings=(replicated, sharding.batch_sharded(mesh), replicated),
+  train_step = jax.jit(program.step,
+                       in_shardings=(replicated, sharding.batch_sharded(mesh), replicated,
+                                     replicated),
                        out_shardings=(replicated, replicated), donate_argnums=(0,))
   step_key = jax.device_put(step_key, replicated)
 
   start = int(state.step)
   scalar_log = _ScalarLog(workdir)
   # In a log file (no terminal) redraw rarely instead of many times a second.
-  progress = tqdm.tqdm(total=tc.num_steps, initial=start, desc="train", unit="step",
+  progress = tqdm.tqdm(total=num_steps, initial=start, desc="train", unit="step",
                        disable=not show_progress, dynamic_ncols=True,
                        mininterval=0.1 if sys.stderr.isatty() else 30.0)
   summary = {"start_step": start, "compile_seconds": 0.0, "train_seconds": 0.0}
-  t_window, images_in_window = time.perf_counter(), 0
+  t_window, examples_in_window = time.perf_counter(), 0
   t_start = time.perf_counter()
-  step = start
+  hooks_pending = False
   try:
-    for step in range(start, tc.num_steps):
-      idx = batch_indices(step, tc.batch_size, len(train_images), config.seed)
-      batch = sharding.put_global_batch(train_images[idx], mesh)
-      state, metrics = train_step(state, batch, step_key)
+    for step in range(start, num_steps):
+      idx = batch_indices(step, tc.batch_size, len(train_data), config.seed)
+      batch = sharding.put_global_batch(train_data[idx], mesh)
+      state, metrics = train_step(state, batch, step_key, frozen)
       if step == start:
         jax.block_until_ready(state)  # first call = compile + run; timed apart
         summary["compile_seconds"] = time.perf_counter() - t_start
-        t_window, images_in_window = time.perf_counter(), 0
+        t_window, examples_in_window = time.perf_counter(), 0
       else:
-        images_in_window += tc.batch_size
+        examples_in_window += tc.batch_size
       done = step + 1
-      if done % tc.log_every == 0 or done == tc.num_steps:
+      hooks_pending = True  # a state saved between the step and its hooks would resume wrong
+      for hook in program.hooks:
+        if done % hook.every == 0:
+          state = hook.fn(state, frozen, train_data)
+      hooks_pending = False
+      if done % tc.log_every == 0 or done == num_steps:
         scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not all(np.isfinite(v) for v in scalars.values()):
           raise FloatingPointError(f"non-finite training metrics at step {done}: {scalars}; "
                                    "lower train.learning_rate or use model.dtype=float32")
         elapsed = time.perf_counter() - t_window
-        scalars["images_per_second"] = images_in_window / elapsed if images_in_window else 0.0
+        scalars["images_per_second"] = examples_in_window / elapsed if examples_in_window else 0.0
         scalar_log.write(done, scalars)
         postfix = {"loss": f"{scalars['loss']:.4f}", "img/s": f"{scalars['images_per_second']:.3g}"}
-        if "codebook_usage" in scalars:
-          postfix["codes used"] = f"{scalars['codebook_usage']:.2f}"
+        postfix.update({label: f"{scalars[k]:.2f}" for k, label in program.progress
+                        if k in scalars})
         progress.set_postfix(postfix)
-        t_window, images_in_window = time.perf_counter(), 0
+        t_window, examples_in_window = time.perf_counter(), 0
       progress.update(1)
       manager.save(done, args=ocp.args.StandardSave(state))
   except KeyboardInterrupt:
     # Keep the work done so far; a rerun with the same workdir resumes from here.
     try:
-      if manager.latest_step() != int(state.step):
+      if not hooks_pending and manager.latest_step() != int(state.step):
         manager.save(int(state.step), args=ocp.args.StandardSave(state), force=True)
     except RuntimeError:  # interrupted mid-step: the state was donated; keep the last save
       pass
@@ -202,11 +313,10 @@ def train(config, method, train_images: np.ndarray, workdir: pathlib.Path, *,
   finally:
     progress.close()
     scalar_log.close()
-  if tc.num_steps > start and manager.latest_step() != tc.num_steps:
-    manager.save(tc.num_steps, args=ocp.args.StandardSave(state), force=True)
+  if num_steps > start and manager.latest_step() != num_steps:
+    manager.save(num_steps, args=ocp.args.StandardSave(state), force=True)
   manager.wait_until_finished()
   manager.close()
   summary["train_seconds"] = time.perf_counter() - t_start
   summary["steps"] = int(state.step)
-  variables = {"params": state.params, **state.model_state}
-  return variables, summary
+  return program.variables(state, frozen), summary

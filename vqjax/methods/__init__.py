@@ -1,8 +1,5 @@
-"""Methods by name. Each exposes: from_config(config, num_channels),
-fit(config, dataset, workdir, log=...) -> (variables, summary) (through the generic trainer,
-whose surface is init(rng, batch) and loss(params, model_state, batch, rng)),
-predict(variables, images uint8) -> dict(reconstructions, maps={variant: [B,H,W]}, ...),
-encode_indices(variables, images) -> codebook indices (for codebook statistics), variants."""
+"""Methods by name; each implements the surface of vqjax.methods.base.Method (from_config,
+check_config, fit, predict, run_info, variants)."""
 from __future__ import annotations
 
 from vqjax.methods.latent_resampling import LatentResampling

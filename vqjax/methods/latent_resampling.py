@@ -18,8 +18,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vqjax import evaluate, metrics, sharding
-from vqjax.methods.vqvae_ssim import VQVAESSIM, to_unit_range
+from vqjax import inference, metrics, sharding
+from vqjax.config_checks import check_train_block, get, one_of, positive_int, require
+from vqjax.inference import to_unit_range
+from vqjax.methods.vqvae_ssim import VQVAESSIM, check_vq_model_config, codebook_stats
 from vqjax.models import COMPUTE_DTYPES
 from vqjax.models.pixelsnail import PixelSNAIL, nll_per_table
 from vqjax.ops.bilateral import bilateral_filter
@@ -72,6 +74,34 @@ class LatentResampling:
   prior: PixelSNAILPrior
   anomaly: ml_collections.FrozenConfigDict
   variants: tuple[str, ...] = ("resample",)
+  progress_metrics = VQVAESSIM.progress_metrics
+
+  @staticmethod
+  def check_config(config) -> None:
+    """The VQ-VAE's blocks, the prior and its training block, and the scoring (§3.3-§3.4)."""
+    check_vq_model_config(config)
+    for key in ("prior.channels", "prior.num_blocks", "prior.num_res_blocks", "prior.num_heads",
+                "prior.kernel_size"):
+      positive_int(config, key)
+    check_train_block(config, "prior_train")
+    require(config.prior.channels % config.prior.num_heads == 0, "prior.num_heads",
+            f"a divisor of prior.channels ({config.prior.channels})", config.prior.num_heads)
+    require(0 <= get(config, "prior.dropout") < 1, "prior.dropout", "a number in [0, 1)",
+            config.prior.dropout)
+    eta = get(config, "anomaly.eta")
+    require(0 <= eta < 1, "anomaly.eta", "a probability in [0, 1) (0 = grid search)", eta)
+    grid = get(config, "anomaly.eta_grid")
+    require(len(grid) > 0 and all(0 < e < 1 for e in grid), "anomaly.eta_grid",
+            "a non-empty list of probabilities in (0, 1)", grid)
+    require(0 < get(config, "anomaly.val_rectangle_area") < 1, "anomaly.val_rectangle_area",
+            "a fraction of the image area in (0, 1)", config.anomaly.val_rectangle_area)
+    require(isinstance(get(config, "anomaly.local_constraint"), bool),
+            "anomaly.local_constraint", "True or False", config.anomaly.local_constraint)
+    slots = get(config, "anomaly.resample_slots")
+    require(isinstance(slots, int) and not isinstance(slots, bool) and slots >= 0,
+            "anomaly.resample_slots", "a whole number >= 0 (0 = the whole eval batch)", slots)
+    one_of(config, "anomaly.residual", RESIDUALS)
+    positive_int(config, "anomaly.bilateral_diameter")
 
   @classmethod
   def from_config(cls, config, num_channels: int) -> "LatentResampling":
@@ -87,6 +117,13 @@ class LatentResampling:
     """images [B,H,W,C] -> the VQ-VAE's codebook indices [B,h,w] (before resampling)."""
     return self.vq.encode_indices(variables["vqvae"], images)
 
+  def run_info(self, variables, dataset, summary, *, batch_size, mesh) -> dict:
+    """Prior training length, eta (and its search), codebook use on the training codes."""
+    encode = inference.make_predict_fn(self.encode_indices, mesh)
+    indices = inference.predict_split(encode, variables, dataset.train.images, batch_size, mesh)
+    return {**{k: summary[k] for k in ("prior_steps", "eta", "eta_search")},
+            "codebook": codebook_stats(indices, self.vq.model.num_codes)}
+
   def fit(self, config, dataset, workdir: pathlib.Path, *, log, show_progress=True):
     """Stage 1 (VQ-VAE), stage 2 (prior on its index tables), then eta (§4.3.3)."""
     vq_dir, prior_dir = workdir / "vqvae", workdir / "prior"
@@ -96,9 +133,9 @@ class LatentResampling:
     vq_vars, vq_summary = train(config, self.vq, dataset.train.images, vq_dir, log=log,
                                 show_progress=show_progress)
     mesh = sharding.make_data_mesh()
-    encode = evaluate.make_predict_fn(self, mesh, fn=self.vq.encode_indices)
-    tables = evaluate.predict_split(encode, vq_vars, dataset.train.images,
-                                    config.eval.batch_size, mesh).astype(np.int32)
+    encode = inference.make_predict_fn(self.vq.encode_indices, mesh)
+    tables = inference.predict_split(encode, vq_vars, dataset.train.images,
+                                     config.eval.batch_size, mesh).astype(np.int32)
     log(f"stage 2/2: PixelSNAIL prior on {len(tables)} index tables {tables.shape[1:]}")
     prior_config = ml_collections.ConfigDict({"train": config.prior_train.to_dict(),
                                               "seed": config.seed})
@@ -123,11 +160,11 @@ class LatentResampling:
       raise ValueError("config.anomaly.eta = 0 asks for a grid search, which needs validation "
                        "images: set data.val_fraction > 0 or give anomaly.eta")
     images, masks = add_rectangles(val_images, self.anomaly.val_rectangle_area, config.seed)
-    predict_fn = evaluate.make_predict_fn(self, mesh)
+    predict_fn = inference.make_predict_fn(self.predict, mesh)
     scores = {}
     for eta in self.anomaly.eta_grid:
-      out = evaluate.predict_split(predict_fn, {**variables, "eta": jnp.float32(eta)}, images,
-                                   config.eval.batch_size, mesh)
+      out = inference.predict_split(predict_fn, {**variables, "eta": jnp.float32(eta)}, images,
+                                    config.eval.batch_size, mesh)
       scores[float(eta)] = metrics.pixel_auroc(out["maps"]["resample"], masks)
     best = max(scores, key=lambda e: (scores[e], -e))  # ties: the smallest eta
     return best, {f"{e:g}": s for e, s in scores.items()}

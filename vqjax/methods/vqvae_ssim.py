@@ -13,13 +13,18 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
+from vqjax import inference
+from vqjax.config_checks import get, odd, one_of, positive_int, require
 from vqjax.data.augment import augment_images, resolve_policy
+from vqjax.inference import to_unit_range
 from vqjax.models import COMPUTE_DTYPES
 from vqjax.models.vqvae import VQVAE
 from vqjax.ops import continuous_bernoulli
-from vqjax.ops.anomaly_maps import ssim_anomaly_map, upsampled_alignment_map
+from vqjax.ops.anomaly_maps import CHANNEL_REDUCTIONS, ssim_anomaly_map, upsampled_alignment_map
 from vqjax.ops.morphology import grey_dilation
+from vqjax.ops.ssim import WINDOWS
 from vqjax.train import train
 
 LIKELIHOODS = ("continuous_bernoulli", "mse")  # Gangloff Eq. 4, Wang et al. Eq. 3
@@ -31,11 +36,29 @@ def _eval_vars(variables):
   return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
 
 
-def to_unit_range(images):
-  """uint8 images -> float32 in [0,1] (on device); float images pass through as float32."""
-  if jnp.issubdtype(images.dtype, jnp.integer):
-    return images.astype(jnp.float32) / 255.0
-  return images.astype(jnp.float32)
+def check_vq_model_config(config) -> None:
+  """The VQ-VAE's blocks (model, loss), shared by both VQ methods."""
+  for key in ("model.channels", "model.num_residual_layers", "model.num_codes",
+              "model.embedding_dim"):
+    positive_int(config, key)
+  size = config.data.image_size
+  downs = positive_int(config, "model.num_downsamplings")
+  require(size % (2**downs) == 0 and size // (2**downs) >= 1, "data.image_size",
+          f"a multiple of 2^model.num_downsamplings = {2**downs}", size)
+  one_of(config, "model.dtype", tuple(COMPUTE_DTYPES))
+  one_of(config, "loss.likelihood", LIKELIHOODS)
+  require(get(config, "loss.beta") >= 0, "loss.beta", "a non-negative number", config.loss.beta)
+  require(get(config, "loss.dead_code_threshold") >= 0, "loss.dead_code_threshold",
+          "a number >= 0 (0 = no restarts)", config.loss.dead_code_threshold)
+
+
+def codebook_stats(indices: np.ndarray, num_codes: int) -> dict:
+  """Fraction of codes used and perplexity of code frequencies over indices [N,h,w]."""
+  counts = np.bincount(indices.reshape(-1), minlength=num_codes).astype(np.float64)
+  p = counts / counts.sum()
+  nz = p[p > 0]
+  return {"fraction_used": float(np.mean(counts > 0)),
+          "perplexity": float(np.exp(-np.sum(nz * np.log(nz)))), "num_codes": num_codes}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +72,22 @@ class VQVAESSIM:
   likelihood: str = "continuous_bernoulli"
   augment: ml_collections.FrozenConfigDict | None = None  # resolved policy + parameters
   variants: tuple[str, ...] = ("ssim", "ssim_am")
+  progress_metrics = (("codebook_usage", "codes used"),)  # shown by the trainer's bar
+
+  @staticmethod
+  def check_config(config) -> None:
+    check_vq_model_config(config)
+    size = config.data.image_size
+    one_of(config, "anomaly.ssim_window", WINDOWS)
+    odd(config, "anomaly.ssim_window_size")
+    require(config.anomaly.ssim_window_size <= size, "anomaly.ssim_window_size",
+            f"at most data.image_size ({size})", config.anomaly.ssim_window_size)
+    require(get(config, "anomaly.ssim_sigma") > 0, "anomaly.ssim_sigma", "a positive number",
+            config.anomaly.ssim_sigma)
+    one_of(config, "anomaly.ssim_channel_reduction", CHANNEL_REDUCTIONS)
+    odd(config, "anomaly.ssim_dilation")
+    odd(config, "anomaly.am_dilation")
+    one_of(config, "anomaly.am_upsample", ("bilinear", "nearest"))
 
   @classmethod
   def from_config(cls, config, num_channels: int) -> "VQVAESSIM":
@@ -69,6 +108,12 @@ class VQVAESSIM:
     """Trains on dataset.train; returns (variables, summary)."""
     return train(config, self, dataset.train.images, workdir, log=log,
                  show_progress=show_progress)
+
+  def run_info(self, variables, dataset, summary, *, batch_size, mesh) -> dict:
+    """Codebook use over the codes of the training images (their maps are not needed)."""
+    encode = inference.make_predict_fn(self.encode_indices, mesh)
+    indices = inference.predict_split(encode, variables, dataset.train.images, batch_size, mesh)
+    return {"codebook": codebook_stats(indices, self.model.num_codes)}
 
   def reconstruction(self, decoder_output):
     """Image-space reconstruction in [0,1] from the decoder output: the continuous-Bernoulli
