@@ -125,6 +125,8 @@ def test_cli_runs_on_a_greyscale_demo_category(tmp_path):
     ("--config.model.dtype=float16", "config.model.dtype = 'float16': expected one of"),
     ("--config.data.root=/nonexistent/mvtec", "/nonexistent/mvtec"),
     ("--config.data.category=all", "containing '{category}' when data.category=all"),
+    ("--config.method=no_such_method", "config.method = 'no_such_method': expected one of"),
+    ("--config.train.optimizer=sgd", "config.train.optimizer = 'sgd': expected one of"),
 ])
 def test_cli_rejects_bad_config_with_a_clear_message(tmp_path, override, expected):
   out = _run_cli(override, f"--config.workdir={tmp_path / 'run'}")

@@ -70,3 +70,19 @@ def test_score_maps_uses_the_configured_image_score(reduction):
       maps.reshape(12, -1), axis=1))
   assert other != pytest.approx(expected, abs=1e-3)  # the data tells the reductions apart
   assert result["pixel_auroc"] is None
+
+
+def test_score_maps_uses_a_methods_own_image_scores_where_given():
+  # IGD-style: the image score is its own function of the image, not a reduction of the map.
+  import ml_collections
+  from vqjax.data.dataset import Split
+  maps = np.random.default_rng(2).random((8, 4, 4)).astype(np.float32)
+  labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+  own = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])  # separates perfectly
+  split = Split(images=np.zeros((8, 4, 4, 1), np.uint8), labels=labels,
+                masks=np.zeros((8, 4, 4), bool), names=tuple(map(str, range(8))),
+                has_mask=np.zeros(8, bool))
+  eval_config = ml_collections.ConfigDict({"image_score": "max", "pro_fpr_limit": 0.3})
+  out = evaluate.score_maps({"a": maps, "b": maps}, split, eval_config, scores={"a": own})
+  assert out["a"]["image_auroc"] == 1.0
+  assert out["b"]["image_auroc"] == pytest.approx(roc_auc_score(labels, maps.reshape(8, -1).max(1)))

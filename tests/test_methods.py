@@ -169,3 +169,26 @@ def test_choose_eta_takes_the_best_validation_auroc_and_the_smaller_eta_on_ties(
   fixed = dataclasses.replace(method, anomaly=ml_collections.FrozenConfigDict(
       {**anomaly.to_dict(), "eta": 5e-4}))
   assert fixed.choose_eta({}, val_images, config, mesh=None) == (5e-4, None)
+
+
+# --- the method surface (vqjax/methods/base.py) -------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["vqvae_ssim", "vqvae_resample"])
+def test_registered_methods_expose_the_surface(name):
+  from vqjax.methods import METHODS
+  from vqjax.methods.base import Method
+  for attribute in ("from_config", "check_config", "fit", "predict", "run_info", "variants"):
+    assert hasattr(METHODS[name], attribute), (name, attribute)
+    assert attribute in dir(Method) or attribute in Method.__annotations__
+
+
+def test_predictions_keep_the_contract(resampling_inputs):
+  from vqjax.methods.base import check_prediction
+  images, variables = resampling_inputs
+  method, _ = _resampling_method("restored_vs_direct")
+  check_prediction(jax.jit(method.predict)(variables, images), method.variants, images.shape)
+  vq = method.vq
+  check_prediction(jax.jit(vq.predict)(variables["vqvae"], images), vq.variants, images.shape)
+  with pytest.raises(ValueError, match="expected the variants"):
+    check_prediction({"maps": {"other": np.zeros((3, 32, 32))}}, vq.variants, images.shape)

@@ -15,6 +15,7 @@ import optax
 import pytest
 
 import toy_method
+from conftest import interrupt_at_step
 from vqjax import train as train_lib
 from vqjax.errors import UserInputError
 from vqjax.optimizers import learning_rate_schedule, make_optimizer
@@ -53,17 +54,10 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch):
   # resumes from the periodic checkpoint of step 6, which must hold that step's hook result.
   config = toy_method.toy_config(num_steps=10)
   reference, _ = _train(config, tmp_path / "straight")
-  real = train_lib.batch_indices
-
-  def interrupting(step, *args):
-    if step == 6:
-      raise KeyboardInterrupt
-    return real(step, *args)
-
-  monkeypatch.setattr(train_lib, "batch_indices", interrupting)
+  undo = interrupt_at_step(monkeypatch, 6)
   with pytest.raises(KeyboardInterrupt):
     _train(config, tmp_path / "resumed")
-  monkeypatch.setattr(train_lib, "batch_indices", real)
+  undo()
   resumed, summary = _train(config, tmp_path / "resumed")
   assert summary["start_step"] == 6
   _assert_trees_equal(reference, resumed)

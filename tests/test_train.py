@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import interrupt_at_step
 from configs import mvtec_vq
 from vqjax import train as train_lib
 from vqjax.methods import get_method
@@ -66,20 +67,13 @@ def test_resume_after_interruption_gives_same_params(tmp_path, monkeypatch):
   reference, _ = train_lib.train(config, method, images, tmp_path / "straight", show_progress=False)
 
   # Interrupt the second run while it fetches the batch of step 5 (after 5 updates).
-  real_batch_indices = train_lib.batch_indices
-
-  def interrupting(step, *args):
-    if step == 5:
-      raise KeyboardInterrupt
-    return real_batch_indices(step, *args)
-
-  monkeypatch.setattr(train_lib, "batch_indices", interrupting)
+  undo = interrupt_at_step(monkeypatch, 5)
   with pytest.raises(KeyboardInterrupt):
     train_lib.train(config, method, images, tmp_path / "resumed", show_progress=False)
   steps_saved = sorted(int(p.name) for p in (tmp_path / "resumed" / "checkpoints").iterdir()
                        if p.name.isdigit())
   assert steps_saved[-1] == 5  # the interrupt handler saved the work done
-  monkeypatch.setattr(train_lib, "batch_indices", real_batch_indices)
+  undo()
   resumed, summary = train_lib.train(config, method, images, tmp_path / "resumed",
                                      show_progress=False)
   assert summary["start_step"] == 5 and summary["steps"] == 7
@@ -91,7 +85,8 @@ _DEVICE_RUN = textwrap.dedent("""
     import json, pathlib, sys
     import numpy as np, jax
     sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
-    from configs import mvtec_vq
+    from conftest import interrupt_at_step
+from configs import mvtec_vq
     from vqjax import train as train_lib
     from vqjax.methods import get_method
     from test_train import _tiny_images

@@ -131,6 +131,10 @@ def run(config, *, show_progress: bool = True) -> dict:
     run_info["validation_map_quantiles"] = {
         v: {q: float(np.quantile(m, float(q))) for q in ("0.5", "0.99", "0.999")}
         for v, m in val["maps"].items()}
+  frozen = {str(p.parent.relative_to(workdir)): json.loads(p.read_text())
+            for p in sorted(workdir.glob("**/frozen.json"))}  # written by the trainer
+  if frozen:
+    run_info["frozen_weights"] = frozen  # source and checksum of pretrained inputs, per stage
   run_info["method_info"] = sorted(method_info)  # which keys below the method added
   run_info.update(method_info)
   metrics_json = {**results, "baselines": baselines, "run": run_info, "config": config_dict}
