@@ -32,6 +32,11 @@ def check_against_arrays(result: dict, arrays, variant: str, image_score: str, m
     checked["image_f1"] = f1_score(labels, decisions)
     if masks.any():
       checked["pixel_f1"] = f1_score(masks.ravel(), (maps[keep] >= threshold).ravel())
+      overlaps = []  # Wang et al. 2020 Eq. 7, region by region
+      for m, k in zip(maps[keep], masks):
+        regions, count = ndimage.label(k, structure=np.ones((3, 3)))
+        overlaps += [np.mean(m[regions == r] >= threshold) for r in range(1, count + 1)]
+      checked["pro"] = float(np.mean(overlaps))
   for key, value in checked.items():
     assert result[key] is not None and abs(result[key] - value) < 1e-9, (variant, key,
                                                                          result[key], value)

@@ -329,3 +329,32 @@ def test_image_decisions_and_balanced_accuracy_hand_case():
   # Normal: 2/2 right; anomalous: 2/3 right -> 5/6 (plain accuracy would be 4/5).
   assert metrics.balanced_image_accuracy(decisions, labels) == pytest.approx(5 / 6, abs=1e-15)
   np.testing.assert_array_equal(metrics.image_decisions(maps, 0.5), [False, True, True, True, False])
+
+
+def _pro_reference(maps, masks, threshold):
+  """Eq. 7 of Wang et al. 2020 in float64, one image and one region at a time."""
+  overlaps = []
+  for m, k in zip(maps, masks):
+    labels, count = ndimage.label(k, structure=np.ones((3, 3)))
+    for region in range(1, count + 1):
+      inside = labels == region
+      overlaps.append(np.sum((m.astype(np.float64) >= threshold) & inside) / np.sum(inside))
+  return float(np.mean(overlaps))
+
+
+def test_pro_at_threshold_matches_a_direct_float64_computation():
+  rng = np.random.default_rng(4)
+  masks = rng.random((5, 20, 20)) > 0.93  # many small regions, some touching diagonally
+  maps = (rng.random((5, 20, 20)) + 0.5 * masks).astype(np.float32)
+  for threshold in (0.3, 0.8, 1.2):
+    assert metrics.pro_at_threshold(maps, masks, threshold) == pytest.approx(
+        _pro_reference(maps, masks, threshold), abs=1e-12)
+  # By hand: a 1-px region fully found and a 3-px region one third found -> (1 + 1/3) / 2.
+  masks = np.zeros((1, 5, 5), bool)
+  masks[0, 0, 0] = True
+  masks[0, 4, 2:5] = True
+  maps = np.zeros((1, 5, 5), np.float32)
+  maps[0, 0, 0] = maps[0, 4, 2] = 1.0
+  assert metrics.pro_at_threshold(maps, masks, 0.5) == pytest.approx(2 / 3)
+  with pytest.raises(ValueError, match="at least one anomalous"):
+    metrics.pro_at_threshold(maps, np.zeros_like(masks), 0.5)

@@ -60,8 +60,10 @@ def _thresholded_metrics(test_maps, split, val_maps, eval_config, pixel_idx) -> 
   out = {"threshold": {"protocol": "bergmann", "value": threshold, "min_area": min_area},
          "image_accuracy": metrics.balanced_image_accuracy(decisions, split.labels),
          "image_f1": metrics.f1_at_threshold(decisions.astype(np.float64), split.labels, 0.5),
-         "pixel_f1": None}
+         "pixel_f1": None, "pro": None}
   if pixel_idx is not None:
     out["pixel_f1"] = metrics.pixel_f1_at_threshold(test_maps[pixel_idx], split.masks[pixel_idx],
                                                     threshold)
+    out["pro"] = metrics.pro_at_threshold(test_maps[pixel_idx], split.masks[pixel_idx],
+                                          threshold)
   return out

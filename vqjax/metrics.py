@@ -164,6 +164,20 @@ def pro_curve(maps: np.ndarray, masks: np.ndarray, max_fpr: float | None = None
   return fpr, pro, thresholds
 
 
+def pro_at_threshold(maps: np.ndarray, masks: np.ndarray, threshold: float) -> float:
+  """Per-region overlap of the binarised maps (Wang et al. 2020 Eq. 7, Bergmann et al.): the
+  mean over ground-truth regions (8-connected components of each mask) of the fraction of the
+  region's pixels with map >= threshold. Small regions weigh as much as large ones."""
+  maps, masks = _check_maps_masks(maps, masks)
+  region_ids, num_regions = _label_regions(masks)
+  if num_regions == 0:
+    raise ValueError("PRO needs at least one anomalous ground-truth region")
+  ids = region_ids.reshape(-1)
+  area = np.bincount(ids, minlength=num_regions + 1)[1:]
+  hit = np.bincount(ids, weights=(maps.reshape(-1) >= threshold), minlength=num_regions + 1)[1:]
+  return float(np.mean(hit / area))
+
+
 def _after_origin(values: np.ndarray, origin: float) -> np.ndarray:
   """[T] -> [T+1] float64 with origin prepended (one allocation, unlike np.concatenate + astype)."""
   out = np.empty(values.size + 1)

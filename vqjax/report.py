@@ -69,6 +69,7 @@ METRIC_COLUMNS = (
     ("image_accuracy", "image accuracy @thr"),
     ("image_f1", "image F1 @thr"),
     ("pixel_f1", "pixel F1 @thr"),
+    ("pro", "PRO @thr"),
 )
 
 
