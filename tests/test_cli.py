@@ -144,3 +144,20 @@ def test_cli_refuses_to_resume_a_workdir_with_other_model_settings(tmp_path):
   out = _run_cli(*common, "--config.model.channels=8")
   assert out.returncode != 0
   assert "model.channels: 16 -> 8" in out.stderr and "new --config.workdir" in out.stderr
+
+
+def test_a_workdir_resumes_with_tuple_settings_and_keys_added_since(tmp_path):
+  # config.json stores tuples as lists (eta_grid): the same config must still resume, and a
+  # run written before the optimizer keys existed resumes as the plain Adam it was.
+  from vqjax import experiment, report
+  from vqjax.config_defaults import load_config_file
+  config = load_config_file(str(REPO / "configs/mvtec_vq_resample.py:smoke")).to_dict()
+  (tmp_path / "checkpoints").mkdir()
+  old = json.loads(json.dumps(config))
+  for key in ("optimizer", "b1", "schedule", "frozen_params"):
+    del old["train"][key]
+  report.write_json(tmp_path / "config.json", old)
+  experiment.check_workdir(tmp_path, config)
+  config["train"]["optimizer"] = "adamw"
+  with pytest.raises(experiment.UserInputError, match="train.optimizer: 'adam' -> 'adamw'"):
+    experiment.check_workdir(tmp_path, config)
