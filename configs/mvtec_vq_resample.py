@@ -30,17 +30,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.num_residual_layers = 8
     config.model.num_codes = 512
     config.model.embedding_dim = 32
+    config.loss.dead_code_threshold = 0.0  # no restarts: not in the paper
     config.train.batch_size = 256  # §4.3.2: 100 epochs, batch 256
-    config.train.num_steps = 20000
+    config.train.num_epochs = 100.0
     config.prior.channels = 128
     config.prior.num_heads = 8
     config.prior_train.batch_size = 64  # §4.3.2: 150 epochs, batch 64
-    config.prior_train.num_steps = 20000
+    config.prior_train.num_epochs = 150.0
     config.anomaly.bilateral_diameter = 20
+    config.anomaly.interior_only = True  # Eq. 5 is defined for 1 < m, n < M, N
     config.eval.min_defect_area = 64
     if preset == "timing":  # paper-size nets, briefly trained: for timing, not for accuracy
       config.train.batch_size = 32
+      config.train.num_epochs = None
       config.train.num_steps = 1500
+      config.prior_train.num_epochs = None
       config.prior_train.num_steps = 1500
       config.anomaly.eta = 5e-4  # §4.3.3's value, no grid search
   elif preset == "smoke":

@@ -9,9 +9,9 @@ import jax.numpy as jnp
 from vqjax.ops.latent_resampling import neighbour_min, resample, resample_sequential
 
 NUM_CODES = 7
-STATIC = ("local_constraint", "constraint_from", "max_passes", "slots")
+STATIC = ("local_constraint", "constraint_from", "interior_only", "max_passes", "slots")
 resample_jit = jax.jit(resample, static_argnums=0, static_argnames=STATIC)
-sequential_jit = jax.jit(resample_sequential, static_argnums=0, static_argnames=STATIC[:2])
+sequential_jit = jax.jit(resample_sequential, static_argnums=0, static_argnames=STATIC[:3])
 
 
 @functools.lru_cache(maxsize=None)
@@ -56,8 +56,10 @@ def _probs_and_best(logits_fn, tables):
   return np.take_along_axis(probs, tables[..., None], -1)[..., 0], logits.argmax(-1)
 
 
-def reference_walk(logits_fn, tables, eta, local_constraint, constraint_from):
-  """Eq. 5 as a plain loop: a full logits_fn pass on the current tables at every position."""
+def reference_walk(logits_fn, tables, eta, local_constraint, constraint_from,
+                   interior_only=False):
+  """Eq. 5 as a plain loop: a full logits_fn pass on the current tables at every position
+  (interior_only: only where 0 < m < H-1 and 0 < n < W-1)."""
   tables = np.array(tables, np.int64)
   _, height, width = tables.shape
   original_probs, _ = _probs_and_best(logits_fn, tables)
@@ -69,6 +71,8 @@ def reference_walk(logits_fn, tables, eta, local_constraint, constraint_from):
 
   for m in range(height):
     for n in range(width):
+      if interior_only and not (0 < m < height - 1 and 0 < n < width - 1):
+        continue
       probs, best = _probs_and_best(logits_fn, tables)
       source = original_probs if constraint_from == "original" else probs
       for b in range(tables.shape[0]):
@@ -336,3 +340,27 @@ def test_method_predict_gives_the_same_maps_with_slot_refill(monkeypatch):
                                 np.asarray(outputs[0]["resampled_indices"]))
   np.testing.assert_array_equal(np.asarray(outputs[3]["maps"]["resample"]),
                                 np.asarray(outputs[0]["maps"]["resample"]))
+
+
+@pytest.mark.parametrize("label", ["q25", "all"])
+@pytest.mark.parametrize("local_constraint", [True, False])
+def test_interior_only_keeps_the_border_and_stays_exact(label, local_constraint):
+  # Eq. 5's stated domain 1 < m, n < M, N: the walk equals the reference restricted to it.
+  height, width = 5, 6
+  logits_fn = causal_model(height, width)
+  tables = random_tables(height, width)
+  eta = pick_eta(logits_fn, tables, label)
+  options = dict(local_constraint=local_constraint, constraint_from="original")
+  expected = reference_walk(logits_fn, tables, eta, interior_only=True, **options)
+  sequential = np.asarray(sequential_jit(logits_fn, tables, eta, interior_only=True, **options))
+  fast, passes, _ = resample_jit(logits_fn, tables, eta, interior_only=True, **options)
+  np.testing.assert_array_equal(sequential, expected)
+  np.testing.assert_array_equal(np.asarray(fast), expected)
+  np.testing.assert_array_equal(np.asarray(passes), expected_passes(tables, expected))
+  border = np.ones((height, width), bool)
+  border[1:-1, 1:-1] = False
+  np.testing.assert_array_equal(expected[:, border], np.asarray(tables)[:, border])
+  everywhere = reference_walk(logits_fn, tables, eta, **options)
+  if label == "all":
+    assert (everywhere[:, border] != np.asarray(tables)[:, border]).any()  # the option matters
+    assert (expected[:, ~border] != np.asarray(tables)[:, ~border]).any()

@@ -111,7 +111,9 @@ def apply_smoke_preset(config: ml_collections.ConfigDict) -> None:
 
 
 def apply_paper_model(config: ml_collections.ConfigDict, num_downsamplings: int) -> None:
-  """Gangloff et al. §III-A sizes (256 channels, M=512, D=256) and a GPU-length run."""
+  """Gangloff et al. §III-A sizes (256 channels, M=512, D=256) and a GPU-length run; no
+  dead-code restarts (the paper has none, and they change the codebook and so the AM)."""
+  config.loss.dead_code_threshold = 0.0
   config.model.channels = 256
   config.model.num_downsamplings = num_downsamplings
   config.model.num_codes = 512
@@ -142,6 +144,7 @@ def vqvae_resample_config() -> ml_collections.ConfigDict:
   config.prior_train = ml_collections.ConfigDict()
   config.prior_train.batch_size = 16
   config.prior_train.num_steps = 600
+  config.prior_train.num_epochs = config_dict.placeholder(float)  # set (> 0): overrides steps
   config.prior_train.learning_rate = 3e-4  # §4.3.2
   config.prior_train.log_every = 50
   config.prior_train.checkpoint_every = 500
@@ -152,6 +155,9 @@ def vqvae_resample_config() -> ml_collections.ConfigDict:
   config.anomaly.eta_grid = (1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2)
   config.anomaly.val_rectangle_area = 0.01
   config.anomaly.local_constraint = True  # False: §4.5 ablation
+  # True: Eq. 5 only on interior positions (its stated domain), border codes kept; False:
+  # the border is resampled too, missing neighbours left out of I(m, n).
+  config.anomaly.interior_only = False
   # Tables resampled together per prior call, refilled as images finish (0: the whole eval
   # batch). Changes speed only, never codes: see ops.latent_resampling.resample.
   config.anomaly.resample_slots = 0

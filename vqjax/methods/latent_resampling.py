@@ -95,8 +95,8 @@ class LatentResampling:
             "a non-empty list of probabilities in (0, 1)", grid)
     require(0 < get(config, "anomaly.val_rectangle_area") < 1, "anomaly.val_rectangle_area",
             "a fraction of the image area in (0, 1)", config.anomaly.val_rectangle_area)
-    require(isinstance(get(config, "anomaly.local_constraint"), bool),
-            "anomaly.local_constraint", "True or False", config.anomaly.local_constraint)
+    for key in ("anomaly.local_constraint", "anomaly.interior_only"):
+      require(isinstance(get(config, key), bool), key, "True or False", get(config, key))
     slots = get(config, "anomaly.resample_slots")
     require(isinstance(slots, int) and not isinstance(slots, bool) and slots >= 0,
             "anomaly.resample_slots", "a whole number >= 0 (0 = the whole eval batch)", slots)
@@ -179,6 +179,7 @@ class LatentResampling:
     if a.residual == "restored_vs_direct":  # Eq. 6
       restored_indices = resample(lambda t: self.prior.logits(prior_vars, t), indices,
                                   variables["eta"], local_constraint=a.local_constraint,
+                                  interior_only=a.interior_only,
                                   slots=a.resample_slots or None).tables
       residual = self.vq.decode_indices(vq_vars, restored_indices) - direct
     else:  # §4.5 ablation: input vs its direct reconstruction; the prior plays no part

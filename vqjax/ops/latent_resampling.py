@@ -16,6 +16,9 @@ Decisions (the paper is silent; SPEC §2):
 - Neighbours outside the table are left out of the min. The last raster position has none;
   there I = 0, i.e. the constraint holds and the test is p < eta alone.
 - `local_constraint=False` drops the I(m, n) < eta term (the ablation of §4.5).
+- `interior_only=True` applies Eq. 5 only where the paper defines it, 1 < m < M and 1 < n < N
+  (1-based): codes on the table's border are kept. False (default) resamples the border too,
+  with the missing neighbours left out of I as above.
 
 `resample_sequential` is the definition (one full pass per position); `resample` gives identical
 codes with 1 + (number of changed positions) passes per image, batched continuously.
@@ -68,6 +71,12 @@ def _replace_condition(probs, constraint, eta, local_constraint: bool):
   return condition
 
 
+def interior_mask(height: int, width: int) -> jnp.ndarray:
+  """[H,W] bool: the positions Eq. 5 is defined on, 1 < m < M, 1 < n < N (1-based)."""
+  rows, cols = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
+  return (rows > 0) & (rows < height - 1) & (cols > 0) & (cols < width - 1)
+
+
 def _check_source(constraint_from: str):
   if constraint_from not in CONSTRAINT_SOURCES:
     raise ValueError(f"constraint_from must be one of {CONSTRAINT_SOURCES}, "
@@ -75,13 +84,14 @@ def _check_source(constraint_from: str):
 
 
 def resample_sequential(logits_fn, tables: jnp.ndarray, eta, *, local_constraint: bool = True,
-                        constraint_from: str = "original") -> jnp.ndarray:
+                        constraint_from: str = "original",
+                        interior_only: bool = False) -> jnp.ndarray:
   """Eq. 5 by its definition: one full `logits_fn` pass per raster position (H*W passes).
 
   tables [B,H,W] int -> resampled tables [B,H,W] int32. At each position the conditional is read
   from `logits_fn` of the whole current table (earlier replacements included). Slow; it is the
-  reference `resample` must equal. jit-able (`lax.fori_loop`); `logits_fn`, `local_constraint`
-  and `constraint_from` are static, `eta` may be traced.
+  reference `resample` must equal. jit-able (`lax.fori_loop`); `logits_fn`, `local_constraint`,
+  `constraint_from` and `interior_only` are static, `eta` may be traced.
   """
   _check_source(constraint_from)
   tables = tables.astype(jnp.int32)
@@ -96,6 +106,8 @@ def resample_sequential(logits_fn, tables: jnp.ndarray, eta, *, local_constraint
     probs, best = code_probabilities(logits_fn(current), current)
     constraint = original_constraint if use_original else neighbour_min(probs)
     replace = _replace_condition(probs[rows, m, n], constraint[rows, m, n], eta, local_constraint)
+    if interior_only:
+      replace = replace & interior_mask(height, width)[m, n]
     return current.at[rows, m, n].set(jnp.where(replace, best[rows, m, n], current[rows, m, n]))
 
   return lax.fori_loop(0, height * width, visit, tables)
@@ -120,7 +132,7 @@ class _WalkState(NamedTuple):
 
 def resample(logits_fn, tables: jnp.ndarray, eta, *, local_constraint: bool = True,
              constraint_from: str = "original", max_passes: int | None = None,
-             slots: int | None = None) -> Resampled:
+             slots: int | None = None, interior_only: bool = False) -> Resampled:
   """Eq. 5, exactly as `resample_sequential`, in at most 1 + (number of changes) passes per image.
 
   tables [N,H,W] int -> Resampled(tables [N,H,W] int32, passes [N] int32, iterations).
@@ -149,8 +161,8 @@ def resample(logits_fn, tables: jnp.ndarray, eta, *, local_constraint: bool = Tr
   work (iterations x slots) drops towards sum(passes) when a few images need many more passes
   than the rest. `max_passes` (default H*W, which always suffices) caps each image's passes;
   an image cut short is exact up to its cursor and untouched after it. jit-able: `logits_fn`,
-  `local_constraint`, `constraint_from`, `max_passes` and `slots` are static, `eta` may be
-  traced.
+  `local_constraint`, `constraint_from`, `max_passes`, `slots` and `interior_only` are static,
+  `eta` may be traced.
   """
   _check_source(constraint_from)
   tables = tables.astype(jnp.int32)
@@ -198,6 +210,8 @@ def resample(logits_fn, tables: jnp.ndarray, eta, *, local_constraint: bool = Tr
       constraint = original_constraint.reshape(slots, height, width)
     changes = (_replace_condition(probs, constraint, eta, local_constraint)
                & (best != current_tables))
+    if interior_only:
+      changes = changes & interior_mask(height, width)[None]
     changes = changes.reshape(slots, size) & (positions[None, :] >= cursor[:, None])
     found = jnp.any(changes, axis=-1)
     first = jnp.argmax(changes, axis=-1)
