@@ -102,6 +102,7 @@ PAPER = {
         "anomaly.bilateral_sigma_space": (75.0, f"{W} §4.3.2"),
         "anomaly.residual": ("restored_vs_direct", f"{W} Eq. 6"),
         "anomaly.local_constraint": (True, f"{W} Eq. 5: I(m, n) < eta"),
+        "anomaly.interior_only": (True, f"{W} Eq. 5: defined for 1 < m, n < M, N"),
         "anomaly.eta": (0.0, f"{W} §4.3.3: eta by grid search on validation (0 = search)"),
         "anomaly.val_rectangle_area": (0.01, f"{W} §4.3.3: rectangles '1% of the size'"),
         "augment.policy": ("auto", f"{W} §4.3.1: per-category rotations/flips/crops"),
