@@ -25,7 +25,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     pass
   elif preset in ("paper", "timing"):
     config.data.image_size = 256
-    config.model.channels = 128
+    config.model.architecture = "wang"  # §4.3.2: no BatchNorm, a 3x3 stride-1 conv
+    config.model.channels = 128  # not given; rosinality/vq-vae-2's width
     config.model.num_downsamplings = 3
     config.model.num_residual_layers = 8
     config.model.num_codes = 512

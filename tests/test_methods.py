@@ -192,3 +192,47 @@ def test_predictions_keep_the_contract(resampling_inputs):
   check_prediction(jax.jit(vq.predict)(variables["vqvae"], images), vq.variants, images.shape)
   with pytest.raises(ValueError, match="expected the variants"):
     check_prediction({"maps": {"other": np.zeros((3, 32, 32))}}, vq.variants, images.shape)
+
+
+# --- Wang et al. 2020 §4.3.2 architecture -------------------------------------------------------
+
+
+def test_wang_architecture_is_the_papers_layer_list():
+  # §4.3.2: k4 s2 p1 convs each followed by ReLU (no BatchNorm), one 3x3 s1 p1 conv, residual
+  # blocks [ReLU, 3x3, ReLU, 1x1]; here 2 downsamplings, width 8, D = 4 (1x1 projection).
+  from flax import traverse_util
+  from vqjax.models.vqvae import VQVAE
+  model = VQVAE(channels=8, num_downsamplings=2, num_residual_layers=1, num_codes=5,
+                embedding_dim=4, out_channels=3, architecture="wang")
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+  assert set(variables) == {"params"}  # no BatchNorm statistics
+  kernels = {"/".join(k[:-1]): v.shape for k, v in
+             traverse_util.flatten_dict(variables["params"]["encoder"]).items() if k[-1] == "kernel"}
+  assert kernels == {"Conv_0": (4, 4, 3, 8), "Conv_1": (4, 4, 8, 8), "conv_3x3": (3, 3, 8, 8),
+                     "ResidualLayer_0/Conv_0": (3, 3, 8, 8), "ResidualLayer_0/Conv_1": (1, 1, 8, 8),
+                     "to_embedding": (1, 1, 8, 4)}
+  decoder = {"/".join(k[:-1]): v.shape for k, v in
+             traverse_util.flatten_dict(variables["params"]["decoder"]).items() if k[-1] == "kernel"}
+  assert decoder["from_embedding"] == (1, 1, 4, 8) and decoder["conv_3x3"] == (3, 3, 8, 8)
+  assert decoder["ConvTranspose_1"] == (4, 4, 3, 8)  # transpose_kernel: (k, k, out, in)
+  logits, aux = model.apply(variables, jnp.zeros((2, 16, 16, 3)))
+  assert logits.shape == (2, 16, 16, 3) and aux["z_e"].shape == (2, 4, 4, 4)
+  gangloff = VQVAE(channels=8, num_downsamplings=2, num_residual_layers=1, num_codes=5,
+                   embedding_dim=4, out_channels=3)
+  assert "batch_stats" in gangloff.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+
+
+def test_wang_architecture_trains_and_predicts(tmp_path):
+  from vqjax import train as train_lib
+  from vqjax.methods.base import check_prediction
+  config = mvtec_vq_resample.get_config("smoke")
+  config.model.architecture = "wang"
+  config.train.num_steps = 12
+  method = get_method(config, 3).vq
+  images = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+  variables, _ = train_lib.train(config, method, images, tmp_path, show_progress=False)
+  assert variables["batch_stats"] == {}
+  import json
+  losses = [json.loads(l)["loss"] for l in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+  assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+  check_prediction(jax.jit(method.predict)(variables, images[:4]), method.variants, (4, 32, 32, 3))

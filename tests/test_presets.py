@@ -18,6 +18,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 G = "Gangloff et al. 2022"
 W = "Wang et al. 2020"
 _GANGLOFF_NET = {  # §III-A, the same net for every experiment (UCSD, CIFAR: 2 downsamplings)
+    "model.architecture": ("gangloff", f"{G} §III-A: k4 s2 convs, ReLU, BatchNorm"),
     "model.channels": (256, f"{G} §III-A: 'All the depth dimensions are 256'"),
     "model.num_residual_layers": (3, f"{G} §III-A: 'followed by three residual layers'"),
     "model.num_codes": (512, f"{G} §III-A: 'codebook size is set to M = 512'"),
@@ -82,6 +83,8 @@ PAPER = {
     "configs/mvtec_vq_resample.py:paper": {
         "data.dataset": ("mvtec", f"{W} §4.1: MVTec AD"),
         "data.image_size": (256, f"{W} §4.3.1: 'all categories are rescaled to 256x256'"),
+        "model.architecture": ("wang", f"{W} §4.3.2: k4 s2 convs with ReLU, one 3x3 s1 conv, "
+                                       "residual blocks; no BatchNorm"),
         "model.num_downsamplings": (3, f"{W} §4.3.2: z_e of 32x32x32 from 256x256 (SPEC §2)"),
         "model.num_residual_layers": (8, f"{W} §4.3.2: 'followed by eight residual blocks'"),
         "model.num_codes": (512, f"{W} §4.3.2: codebook 512x32 (K = 512)"),
@@ -132,7 +135,7 @@ DECISIONS = {
     },
     "configs/mvtec_vq_resample.py:paper": {
         **_ADAM_CONSTANT,
-        "model.channels": (128, "hidden width not given"),
+        "model.channels": (128, "hidden width not given: rosinality/vq-vae-2's 128"),
         "loss.dead_code_threshold": (0.0, "no dead-code restarts: not in the paper"),
         "train.num_steps": (1500, "unused: train.num_epochs is set"),
         "prior.channels": (128, "not given"),

@@ -30,6 +30,9 @@ def vqvae_ssim_config() -> ml_collections.ConfigDict:
   config.data.download = False  # one-vs-rest sets: let tensorflow-datasets download (online)
 
   config.model = ml_collections.ConfigDict()
+  # 'gangloff' (§III-A: BatchNorm after each strided conv) or 'wang' (Wang et al. §4.3.2: no
+  # BatchNorm, a 3x3 stride-1 conv before the residual layers); vqjax/models/vqvae.py.
+  config.model.architecture = "gangloff"
   config.model.channels = 32
   config.model.num_downsamplings = 2
   config.model.num_residual_layers = 3

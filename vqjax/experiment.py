@@ -22,7 +22,8 @@ _RESUMABLE_KEYS = ("train.num_steps", "train.num_epochs", "train.log_every",
 _ADDED_KEY_DEFAULTS = {"train.optimizer": "adam", "train.b1": 0.9, "train.b2": 0.999,
                        "train.weight_decay": 0.0, "train.schedule": "constant",
                        "train.warmup_steps": 0, "train.decay_power": 1.0,
-                       "train.end_learning_rate": 0.0, "train.frozen_params": []}
+                       "train.end_learning_rate": 0.0, "train.frozen_params": [],
+                       "model.architecture": "gangloff"}
 
 
 _NON_VARIANT_KEYS = ("baselines", "run", "config")

@@ -20,7 +20,7 @@ from vqjax.config_checks import get, odd, one_of, positive_int, require
 from vqjax.data.augment import augment_images, resolve_policy
 from vqjax.inference import to_unit_range
 from vqjax.models import COMPUTE_DTYPES
-from vqjax.models.vqvae import VQVAE
+from vqjax.models.vqvae import ARCHITECTURES, VQVAE
 from vqjax.ops import continuous_bernoulli
 from vqjax.ops.anomaly_maps import CHANNEL_REDUCTIONS, ssim_anomaly_map, upsampled_alignment_map
 from vqjax.ops.morphology import grey_dilation
@@ -33,7 +33,7 @@ _USAGE_DECAY = 0.99  # per-step decay of the code-usage moving average (~100-ste
 
 def _eval_vars(variables):
   """The collections the VQ-VAE module reads at inference (not the trainer's vq_stats)."""
-  return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+  return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 
 def check_vq_model_config(config) -> None:
@@ -46,6 +46,7 @@ def check_vq_model_config(config) -> None:
   require(size % (2**downs) == 0 and size // (2**downs) >= 1, "data.image_size",
           f"a multiple of 2^model.num_downsamplings = {2**downs}", size)
   one_of(config, "model.dtype", tuple(COMPUTE_DTYPES))
+  one_of(config, "model.architecture", ARCHITECTURES)
   one_of(config, "loss.likelihood", LIKELIHOODS)
   require(get(config, "loss.beta") >= 0, "loss.beta", "a non-negative number", config.loss.beta)
   require(get(config, "loss.dead_code_threshold") >= 0, "loss.dead_code_threshold",
@@ -95,7 +96,7 @@ class VQVAESSIM:
     model = VQVAE(channels=m.channels, num_downsamplings=m.num_downsamplings,
                   num_residual_layers=m.num_residual_layers, num_codes=m.num_codes,
                   embedding_dim=m.embedding_dim, out_channels=num_channels,
-                  dtype=COMPUTE_DTYPES[m.dtype])
+                  dtype=COMPUTE_DTYPES[m.dtype], architecture=m.architecture)
     return cls(model=model, beta=config.loss.beta,
                anomaly=ml_collections.FrozenConfigDict(config.anomaly),
                dead_code_threshold=config.loss.dead_code_threshold,
@@ -139,6 +140,7 @@ class VQVAESSIM:
     each code (starts uniform); candidates [K,D] = encoder outputs of the latest batch.
     """
     variables = dict(self.model.init(rng, to_unit_range(images), train=False))
+    variables.setdefault("batch_stats", {})  # the 'wang' architecture has no BatchNorm
     k, d = self.model.num_codes, self.model.embedding_dim
     variables["vq_stats"] = {"usage": jnp.full((k,), 1.0 / k, jnp.float32),
                              "candidates": jnp.zeros((k, d), jnp.float32)}
@@ -167,7 +169,7 @@ class VQVAESSIM:
              + (1 - _USAGE_DECAY) * counts / counts.sum())
     flat_z = jax.lax.stop_gradient(z_e).reshape(-1, z_e.shape[-1])
     picks = jax.random.randint(rng, (self.model.num_codes,), 0, flat_z.shape[0])
-    new_state = {"batch_stats": updates["batch_stats"],
+    new_state = {"batch_stats": updates.get("batch_stats", {}),
                  "vq_stats": {"usage": usage, "candidates": flat_z[picks]}}
     metrics = dict(loss=loss, nll=nll, codebook_loss=codebook_loss,
                    commitment_loss=commitment_loss, codebook_usage=jnp.mean(counts > 0))

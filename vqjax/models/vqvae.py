@@ -1,8 +1,14 @@
-"""VQ-VAE of Gangloff et al. 2022 §III-A (after van den Oord et al. 2017).
+"""VQ-VAEs of Gangloff et al. 2022 §III-A and Wang et al. 2020 §4.3.2 (after van den Oord
+et al. 2017), chosen by `architecture`:
 
-Encoder: n_down x [Conv k4 s2 p1 -> ReLU -> BatchNorm], then n_res residual layers
-[ReLU -> Conv3x3 p1 -> ReLU -> Conv1x1]. Decoder: the reverse, with transposed convs.
-The decoder outputs continuous-Bernoulli logits (one per pixel and channel).
+'gangloff': encoder n_down x [Conv k4 s2 p1 -> ReLU -> BatchNorm], then n_res residual layers
+  [ReLU -> Conv3x3 p1 -> ReLU -> Conv1x1].
+'wang': encoder n_down x [Conv k4 s2 p1 -> ReLU] (no BatchNorm), one Conv3x3 s1 p1, then the
+  residual layers.
+Both: a 1x1 projection to the codebook dimension D when it differs from the width (Wang's z_e
+is 32 deep; the decision, as in rosinality/vq-vae-2, keeps the 3x3 conv and the residual
+layers at the hidden width). Decoders: the mirror, with transposed convs. The decoder outputs
+one value per pixel and channel (continuous-Bernoulli logits, or the image for an MSE loss).
 Convs run in `dtype` (e.g. bfloat16); parameters, BatchNorm and the codebook stay float32.
 """
 from __future__ import annotations
@@ -16,6 +22,7 @@ import jax.numpy as jnp
 from vqjax.ops.vector_quantize import nearest_codes
 
 Dtype = Any
+ARCHITECTURES = ("gangloff", "wang")
 
 
 class ResidualLayer(nn.Module):
@@ -42,15 +49,20 @@ class Encoder(nn.Module):
   num_residual_layers: int
   embedding_dim: int
   dtype: Dtype = jnp.float32
+  architecture: str = "gangloff"
 
   @nn.compact
   def __call__(self, images, *, train: bool):
     """images [B,H,W,C] in [0,1] -> z_e [B,H/2^n,W/2^n,D] float32."""
     h = images.astype(self.dtype)
     for _ in range(self.num_downsamplings):
-      h = nn.Conv(self.channels, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
-                  dtype=self.dtype)(h)
-      h = _batch_norm(train)(nn.relu(h)).astype(self.dtype)
+      h = nn.relu(nn.Conv(self.channels, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
+                          dtype=self.dtype)(h))
+      if self.architecture == "gangloff":
+        h = _batch_norm(train)(h).astype(self.dtype)
+    if self.architecture == "wang":
+      h = nn.Conv(self.channels, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
+                  name="conv_3x3")(h)
     for _ in range(self.num_residual_layers):
       h = ResidualLayer(self.channels, dtype=self.dtype)(h)
     if self.embedding_dim != self.channels:
@@ -65,6 +77,7 @@ class Decoder(nn.Module):
   num_residual_layers: int
   out_channels: int
   dtype: Dtype = jnp.float32
+  architecture: str = "gangloff"
 
   @nn.compact
   def __call__(self, z_q, *, train: bool):
@@ -72,6 +85,9 @@ class Decoder(nn.Module):
     h = z_q.astype(self.dtype)
     if z_q.shape[-1] != self.channels:
       h = nn.Conv(self.channels, (1, 1), dtype=self.dtype, name="from_embedding")(h)
+    if self.architecture == "wang":
+      h = nn.Conv(self.channels, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
+                  name="conv_3x3")(h)
     for _ in range(self.num_residual_layers):
       h = ResidualLayer(self.channels, dtype=self.dtype)(h)
     for i in range(self.num_downsamplings):
@@ -82,7 +98,9 @@ class Decoder(nn.Module):
                            strides=(2, 2), padding=((2, 2), (2, 2)), transpose_kernel=True,
                            dtype=self.dtype)(h)
       if not last:
-        h = _batch_norm(train)(nn.relu(h)).astype(self.dtype)
+        h = nn.relu(h)
+        if self.architecture == "gangloff":
+          h = _batch_norm(train)(h).astype(self.dtype)
     return h.astype(jnp.float32)
 
 
@@ -106,12 +124,15 @@ class VQVAE(nn.Module):
   embedding_dim: int = 256
   out_channels: int = 3
   dtype: Dtype = jnp.float32
+  architecture: str = "gangloff"  # or "wang" (see the module docstring)
 
   def setup(self):
+    if self.architecture not in ARCHITECTURES:
+      raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
     self.encoder = Encoder(self.channels, self.num_downsamplings, self.num_residual_layers,
-                           self.embedding_dim, dtype=self.dtype)
+                           self.embedding_dim, dtype=self.dtype, architecture=self.architecture)
     self.decoder = Decoder(self.channels, self.num_downsamplings, self.num_residual_layers,
-                           self.out_channels, dtype=self.dtype)
+                           self.out_channels, dtype=self.dtype, architecture=self.architecture)
     self.codebook = self.param("codebook", _codebook_init, (self.num_codes, self.embedding_dim))
 
   def encode(self, images, *, train: bool = False):
