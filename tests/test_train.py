@@ -85,8 +85,7 @@ _DEVICE_RUN = textwrap.dedent("""
     import json, pathlib, sys
     import numpy as np, jax
     sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
-    from conftest import interrupt_at_step
-from configs import mvtec_vq
+    from configs import mvtec_vq
     from vqjax import train as train_lib
     from vqjax.methods import get_method
     from test_train import _tiny_images
