@@ -25,6 +25,7 @@ def _run(config, *args):
   return out
 
 
+@pytest.mark.slow  # minutes: run with `python -m pytest -q -m slow`
 def test_mvtec_sweep_over_all_categories_writes_results_table(tmp_path):
   root = tmp_path / "demo"
   demo.generate_demo_dataset(root, num_train=8, num_test_good=3, num_test_per_defect=2)
@@ -98,6 +99,7 @@ def test_ucsd_protocol_runs_and_scores_pixels_only_on_clips_with_truth(tmp_path)
     check_against_arrays(metrics[variant], arrays, variant, "max", min_area=4)
 
 
+@pytest.mark.slow  # minutes: run with `python -m pytest -q -m slow`
 def test_cifar10_one_vs_rest_sweep_over_ten_classes(tmp_path):
   rng = np.random.default_rng(0)
   folder = tmp_path / "cifar" / one_vs_rest.CIFAR_FOLDER
