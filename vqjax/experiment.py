@@ -12,18 +12,18 @@ import numpy as np
 from vqjax import data, evaluate, inference, report, sharding
 from vqjax.errors import UserInputError
 from vqjax.methods import get_method
+from vqjax.optimizers import DEFAULTS as optimizer_defaults
 
 logger = logging.getLogger("vqjax")
 
 # Keys that may change between a run and its resumption in the same workdir.
 _RESUMABLE_KEYS = ("train.num_steps", "train.num_epochs", "train.log_every",
                    "train.checkpoint_every", "train.max_checkpoints", "eval", "workdir")
-# Keys added after runs were written: a saved config without them ran as these values do.
-_ADDED_KEY_DEFAULTS = {"train.optimizer": "adam", "train.b1": 0.9, "train.b2": 0.999,
-                       "train.weight_decay": 0.0, "train.schedule": "constant",
-                       "train.warmup_steps": 0, "train.decay_power": 1.0,
-                       "train.end_learning_rate": 0.0, "train.frozen_params": [],
-                       "model.architecture": "gangloff"}
+# Keys added after runs were written: a saved config without them ran as these values do
+# (the optimizer keys at vqjax.optimizers' defaults, plain Adam; JSON-shaped, as saved).
+_ADDED_KEY_DEFAULTS = json.loads(json.dumps({
+    **{f"train.{k}": v for k, v in optimizer_defaults.items()},
+    "model.architecture": "gangloff"}))
 
 
 _NON_VARIANT_KEYS = ("baselines", "run", "config")

@@ -118,11 +118,9 @@ class LatentResampling:
     return self.vq.encode_indices(variables["vqvae"], images)
 
   def run_info(self, variables, dataset, summary, *, batch_size, mesh) -> dict:
-    """Prior training length, eta (and its search), codebook use on the training codes."""
-    encode = inference.make_predict_fn(self.encode_indices, mesh)
-    indices = inference.predict_split(encode, variables, dataset.train.images, batch_size, mesh)
-    return {**{k: summary[k] for k in ("prior_steps", "eta", "eta_search")},
-            "codebook": codebook_stats(indices, self.vq.model.num_codes)}
+    """Prior training length, eta (and its search), codebook use on the training codes (from
+    the index tables fit already encoded for the prior: no second pass over the images)."""
+    return {k: summary[k] for k in ("prior_steps", "eta", "eta_search", "codebook")}
 
   def fit(self, config, dataset, workdir: pathlib.Path, *, log, show_progress=True):
     """Stage 1 (VQ-VAE), stage 2 (prior on its index tables), then eta (§4.3.3)."""
@@ -148,7 +146,8 @@ class LatentResampling:
     summary = {"steps": vq_summary["steps"], "prior_steps": prior_summary["steps"],
                "compile_seconds": vq_summary["compile_seconds"] + prior_summary["compile_seconds"],
                "train_seconds": vq_summary["train_seconds"] + prior_summary["train_seconds"],
-               "eta": eta, "eta_search": search}
+               "eta": eta, "eta_search": search,
+               "codebook": codebook_stats(tables, self.vq.model.num_codes)}
     return variables, summary
 
   def choose_eta(self, variables, val_images: np.ndarray, config, mesh):
