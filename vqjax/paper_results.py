@@ -1,6 +1,9 @@
-"""Published numbers to print beside ours (Gangloff et al. 2022, Tables I-III).
+"""Published numbers to print beside ours, one place for every method.
 
-Keyed by dataset, then category; each entry maps a variant to (metric, value).
+Gangloff et al. 2022 Tables I-III (VQ-VAE SSIM / SSIM+AM) and Dehaene & Eline 2020 Table 1 and
+Fig. 3b (FAVAE and its ablations). `paper_values(dataset, category, variant)` gives the
+(metric, value) pairs a paper reports for one of our map variants; metric names are those of
+vqjax.metrics (pixel_auroc = pooled over all test pixels of a category).
 """
 from __future__ import annotations
 
@@ -26,11 +29,42 @@ GANGLOFF_2022 = {
     "ucsd_ped1": ("pixel_auroc", _UCSD_TABLE_II),
 }
 
+# Dehaene & Eline 2020 Table 1 (MVTec AD, means of 5 runs): category -> (pixel AUROC FAVAE,
+# pixel AUROC Vanilla VAE, image AUROC Vanilla VAE, image AUROC FAVAE), in the table's order.
+_FAVAE_TABLE_1 = {
+    "carpet": (0.960, 0.620, 0.515, 0.671), "grid": (0.993, 0.856, 0.904, 0.970),
+    "leather": (0.981, 0.835, 0.619, 0.675), "tile": (0.714, 0.520, 0.512, 0.805),
+    "wood": (0.899, 0.699, 0.875, 0.948), "bottle": (0.963, 0.894, 0.985, 0.999),
+    "cable": (0.969, 0.816, 0.805, 0.950), "capsule": (0.976, 0.907, 0.694, 0.804),
+    "hazelnut": (0.987, 0.951, 0.922, 0.993), "metal_nut": (0.966, 0.861, 0.676, 0.852),
+    "pill": (0.953, 0.879, 0.808, 0.821), "screw": (0.993, 0.928, 0.654, 0.837),
+    "toothbrush": (0.987, 0.953, 0.987, 0.958), "transistor": (0.984, 0.851, 0.871, 0.932),
+    "zipper": (0.968, 0.775, 0.797, 0.972), "mean": (0.953, 0.823, 0.775, 0.879),
+}
+# Fig. 3b: means over the MVTec categories only, (pixel AUROC, image AUROC).
+_FAVAE_FIG_3B = {"favae_random_vgg16": (0.899, 0.764), "favae_own_encoder": (0.890, 0.779)}
 
-def paper_value(dataset: str, category: str, variant: str) -> tuple[str, float] | None:
-  """(metric, published value) for a vqvae_ssim variant, or None if the paper has none."""
-  if dataset not in GANGLOFF_2022 or variant not in ("ssim", "ssim_am"):
-    return None
-  metric, table = GANGLOFF_2022[dataset]
-  row = table.get(category.split("/")[-1])
-  return None if row is None else (metric, row[("ssim", "ssim_am").index(variant)])
+
+def _favae_values(category: str, variant: str) -> list[tuple[str, float]]:
+  if variant in ("favae", "vanilla_vae"):
+    row = _FAVAE_TABLE_1.get(category)
+    if row is None:
+      return []
+    pixel, image = (row[0], row[3]) if variant == "favae" else (row[1], row[2])
+    return [("pixel_auroc", pixel), ("image_auroc", image)]
+  if variant in _FAVAE_FIG_3B and category == "mean":
+    return list(zip(("pixel_auroc", "image_auroc"), _FAVAE_FIG_3B[variant]))
+  return []
+
+
+def paper_values(dataset: str, category: str, variant: str) -> list[tuple[str, float]]:
+  """[(metric, published value)] for one of our map variants on a category ('mean' = the
+  paper's mean row); [] where no paper reports it."""
+  category = category.split("/")[-1]
+  if variant in ("ssim", "ssim_am") and dataset in GANGLOFF_2022:
+    metric, table = GANGLOFF_2022[dataset]
+    row = table.get(category)
+    return [] if row is None else [(metric, row[("ssim", "ssim_am").index(variant)])]
+  if dataset == "mvtec":
+    return _favae_values(category, variant)
+  return []

@@ -225,7 +225,7 @@ def random_backbone_variables(module: nn.Module, rng: int | jax.Array,
   warnings.warn(f"{type(module).__name__}: random weights (seed {seed}), not ImageNet features; "
                 f"anomaly maps from them are not comparable to the papers'", stacklevel=2)
   key = jax.random.key(rng) if isinstance(rng, int) else rng
-  variables = jax.device_get(module.init(key, jnp.zeros(input_shape, jnp.float32)))
+  variables = jax.device_get(jax.jit(module.init)(key, jnp.zeros(input_shape, jnp.float32)))
   return variables, {"source": f"random (seed {seed})", "path": None, "sha256": None}
 
 

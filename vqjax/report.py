@@ -210,6 +210,12 @@ def _mean(values):
   return float(np.mean(values)) if values else None
 
 
+def _paper_cell(value: float) -> str:
+  """A published number as printed (2 or 3 decimals: 0.95, 0.953)."""
+  text = f"{value:.3f}"
+  return text[:-1] if text.endswith("0") else text
+
+
 def results_tables(per_category: dict[str, dict], variants: list[str], dataset: str
                    ) -> tuple[str, str]:
   """(results.md, results.csv) of a sweep: one row per category and a mean row.
@@ -217,7 +223,7 @@ def results_tables(per_category: dict[str, dict], variants: list[str], dataset: 
   The Markdown table has, per variant, the main metrics and, where the paper reports this
   category, the paper's number beside ours; the CSV has every metric of every map.
   """
-  from vqjax.paper_results import paper_value  # local: only sweeps need it
+  from vqjax.paper_results import paper_values  # local: only sweeps need it
   categories = list(per_category)
   maps = variants + [f"baseline_{b}" for b in next(iter(per_category.values()))["baselines"]]
 
@@ -239,22 +245,23 @@ def results_tables(per_category: dict[str, dict], variants: list[str], dataset: 
            ("image_accuracy", "image acc.")]
   shown = [(k, t) for k, t in shown
            if any(metrics_of(c, variants[0]).get(k) is not None for c in categories)]
-  paper = {(c, v): paper_value(dataset, c, v) for c in categories + ["mean"] for v in maps}
+  paper = {(c, v): dict(paper_values(dataset, c, v)) for c in categories + ["mean"] for v in maps}
+  # Per variant, the metrics some paper reports for it on one of these rows: one column each.
+  paper_metrics = {v: sorted({k for c in categories + ["mean"] for k in paper[(c, v)]})
+                   for v in maps}
   header, rows = ["category"], []
   for v in maps:
     header += [f"{v} {t}" for _, t in shown]
-    if any(paper[(c, v)] for c in categories):
-      metric = next(p for p in paper.values() if p)[0]
-      header.append(f"{v} paper ({metric.replace('_', ' ')})")
+    header += [f"{v} paper ({metric.replace('_', ' ')})" for metric in paper_metrics[v]]
   for category in categories + ["mean"]:
     cells = [f"**{category}**" if category == "mean" else category]
     for v in maps:
       values = ([_mean(metrics_of(c, v).get(k) for c in categories) for k, _ in shown]
                 if category == "mean" else [metrics_of(category, v).get(k) for k, _ in shown])
       cells += [format_metric(x) for x in values]
-      if any(paper[(c, v)] for c in categories):
-        p = paper[(category, v)]
-        cells.append("–" if p is None else f"{p[1]:.2f}")
+      for metric in paper_metrics[v]:
+        p = paper[(category, v)].get(metric)
+        cells.append("–" if p is None else _paper_cell(p))
     rows.append("| " + " | ".join(cells) + " |")
   md = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|", *rows]
   return "\n".join(md) + "\n", "\n".join(csv_lines) + "\n"

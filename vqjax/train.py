@@ -13,6 +13,7 @@ recorded in <workdir>/frozen.json and checked on resume.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import pathlib
@@ -102,27 +103,37 @@ def batch_indices(step: int, batch_size: int, num_examples: int, seed: int) -> n
   return out
 
 
-def init_train_state(method, optimizer, rng, example_shape, example_dtype=jnp.uint8) -> TrainState:
-  """State for inputs like one example of shape `example_shape` (images, index tables...)."""
+def init_train_state(method, optimizer, rng, example_shape, example_dtype=jnp.uint8,
+                     param_overrides: dict | None = None) -> TrainState:
+  """State for inputs like one example of shape `example_shape` (images, index tables...).
+
+  param_overrides: {top-level parameter name: initial value} replacing the method's init (a
+  data-dependent initialisation computed by the method before training)."""
   variables = method.init(rng, jnp.zeros((1, *example_shape), example_dtype))
-  params = variables["params"]
+  params = dict(variables["params"])
+  for name, value in (param_overrides or {}).items():
+    if name not in params or jnp.shape(params[name]) != jnp.shape(value):
+      raise ValueError(f"param_overrides[{name!r}] does not match a parameter of that shape")
+    params[name] = jnp.asarray(value, params[name].dtype)
   model_state = {k: v for k, v in variables.items() if k != "params"}
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
                     opt_state=optimizer.init(params))
 
 
-def make_train_step(method, optimizer) -> Callable:
-  """(state, batch [B,...] as stored, root_key) -> (state, metrics) for a method with one
-  loss(params, model_state, batch, rng) -> (loss, (model_state, metrics)) and an optional
-  post_update(params, model_state); pure, jit-able.
+def make_train_step(method, optimizer, with_frozen: bool = False) -> Callable:
+  """(state, batch [B,...] as stored, root_key, frozen) -> (state, metrics) for a method with
+  one loss(params, model_state, batch, rng) -> (loss, (model_state, metrics)) (with
+  with_frozen: loss(..., frozen=frozen variables)) and an optional post_update(params,
+  model_state); pure, jit-able.
 
   The batch goes to the method as it is stored on the host (e.g. uint8 images, int32
   index tables): conversion happens on device, inside the method.
   """
 
-  def train_step(state: TrainState, batch, root_key):
+  def train_step(state: TrainState, batch, root_key, frozen=None):
     rng = jax.random.fold_in(root_key, state.step)
-    grad_fn = jax.value_and_grad(method.loss, has_aux=True)
+    loss_fn = functools.partial(method.loss, frozen=frozen) if with_frozen else method.loss
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (_, (model_state, metrics)), grads = grad_fn(state.params, state.model_state, batch, rng)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -136,15 +147,23 @@ def make_train_step(method, optimizer) -> Callable:
   return train_step
 
 
-def single_loss_program(method, train_config, num_steps: int, example_shape,
-                        example_dtype) -> TrainProgram:
-  """The program of a method with init/loss(/post_update): one optimizer over all params."""
+def single_loss_program(method, train_config, num_steps: int, example_shape, example_dtype, *,
+                        frozen: FrozenVariables | None = None,
+                        param_overrides: dict | None = None) -> TrainProgram:
+  """The program of a method with init/loss(/post_update): one optimizer over all params.
+  With frozen variables, loss gets them as `frozen=` and predict's variables hold them under
+  'frozen'."""
   optimizer = make_optimizer(train_config, num_steps)
-  step = make_train_step(method, optimizer)
+  step = make_train_step(method, optimizer, with_frozen=frozen is not None)
+
+  def variables(state, frozen_variables):
+    extra = {} if frozen is None else {"frozen": frozen_variables}
+    return {"params": state.params, **state.model_state, **extra}
+
   return TrainProgram(
-      init=lambda rng, _: init_train_state(method, optimizer, rng, example_shape, example_dtype),
-      step=lambda state, batch, key, frozen: step(state, batch, key),
-      variables=lambda state, frozen: {"params": state.params, **state.model_state},
+      init=lambda rng, _: init_train_state(method, optimizer, rng, example_shape, example_dtype,
+                                           param_overrides),
+      step=step, variables=variables, frozen=frozen,
       progress=tuple(getattr(method, "progress_metrics", ())))
 
 
@@ -184,12 +203,14 @@ class _ScalarLog:
 
 
 def train(config, method, train_data: np.ndarray, workdir: pathlib.Path, *,
-          log: Callable[[str], None] = print, show_progress: bool = True) -> tuple[dict, dict]:
+          log: Callable[[str], None] = print, show_progress: bool = True,
+          frozen: FrozenVariables | None = None, param_overrides: dict | None = None
+          ) -> tuple[dict, dict]:
   """Trains a single-loss method (init/loss/post_update) on train_data [N,...] with
   config.train and config.seed. Returns (variables for predict, summary)."""
   num_steps = resolve_num_steps(config.train, len(train_data))
   program = single_loss_program(method, config.train, num_steps, train_data.shape[1:],
-                                train_data.dtype)
+                                train_data.dtype, frozen=frozen, param_overrides=param_overrides)
   return run_training(program, config, train_data, workdir, log=log, show_progress=show_progress)
 
 

@@ -19,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch import nn
 
 from benchmarks.torch_reference.vqvae import VQVAE
 
@@ -88,6 +89,32 @@ def parameter_mapping(model: VQVAE) -> Iterator[tuple[str, str, Transform]]:
                    transposed_kernel_to_torch)
 
 
+def favae_parameter_mapping(model) -> Iterator[tuple[str, str, Transform]]:
+  """The same for `benchmarks.torch_reference.favae.FAVAE`: the Flax layers are named by the
+  index of their torch module in the Sequentials (vqjax/models/favae.py)."""
+  for part, conv_type, conv_name, transform in (
+      ("encoder", nn.Conv2d, "conv", conv_kernel_to_torch),
+      ("decoder", nn.ConvTranspose2d, "convt", transposed_kernel_to_torch)):
+    for index, module in enumerate(getattr(model, part)):
+      if isinstance(module, conv_type):
+        yield from _conv(f"{part}_{conv_name}_{index}", f"{part}.{index}", transform)
+      elif isinstance(module, nn.BatchNorm2d):
+        yield from _batch_norm(f"{part}_bn_{index}", f"{part}.{index}")
+  for i in range(len(model.adapters)):
+    yield from _conv(f"adapter_{i}_0", f"adapters.{i}.0")
+    yield from _conv(f"adapter_{i}_2", f"adapters.{i}.2")
+  yield "params/log_var_pixels", "log_var_pixels", _same
+  for i in range(len(model.log_var_features)):
+    yield f"params/log_var_features_{i}", f"log_var_features.{i}", _same
+
+
+def vgg16_parameter_mapping(features) -> Iterator[tuple[str, str, Transform]]:
+  """vqjax's VGG16 (Conv_0 .. Conv_12) -> torchvision's `features` Sequential indices."""
+  convs = [i for i, module in enumerate(features) if isinstance(module, nn.Conv2d)]
+  for k, index in enumerate(convs):
+    yield from _conv(f"Conv_{k}", str(index))
+
+
 def flatten_variables(variables: Mapping) -> dict[str, np.ndarray]:
   """{'params': {...}, 'batch_stats': {...}} -> {'params/encoder/Conv_0/kernel': array, ...}.
 
@@ -111,8 +138,9 @@ def flatten_variables(variables: Mapping) -> dict[str, np.ndarray]:
   return flat
 
 
-def load_flax_variables(torch_model: VQVAE, variables: Mapping) -> VQVAE:
-  """Copies Flax `variables` into `torch_model` in place (and returns it).
+def load_flax_variables(torch_model, variables: Mapping, mapping: Callable = parameter_mapping):
+  """Copies Flax `variables` into `torch_model` in place (and returns it), tensor by tensor
+  as `mapping(torch_model)` lists them (parameter_mapping: the VQ-VAE).
 
   Raises ValueError naming every Flax tensor left unused, every mapped tensor missing from
   `variables`, every torch tensor left unset (BatchNorm's num_batches_tracked excepted),
@@ -121,7 +149,7 @@ def load_flax_variables(torch_model: VQVAE, variables: Mapping) -> VQVAE:
   flat = flatten_variables(variables)
   state = torch_model.state_dict()
   wanted = {name for name in state if not name.endswith("num_batches_tracked")}
-  mapping = list(parameter_mapping(torch_model))
+  mapping = list(mapping(torch_model))
   used = {flax_path for flax_path, _, _ in mapping}
   targets = {torch_name for _, torch_name, _ in mapping}
   problems = []

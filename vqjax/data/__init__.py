@@ -4,6 +4,7 @@ from __future__ import annotations
 import pathlib
 
 from vqjax.data import demo, mvtec, one_vs_rest, ucsd
+from vqjax.data.augment import TEXTURE_CATEGORIES
 from vqjax.data.dataset import Dataset, Split
 
 DATASETS = ("mvtec", "ucsd_ped1", *one_vs_rest.ONE_VS_REST_DATASETS)
@@ -31,6 +32,16 @@ def categories(data_config) -> list[str]:
   return list(one_vs_rest.CLASS_NAMES[data_config.dataset])
 
 
+def read_size(data_config) -> int:
+  """The side images of data.category are read at: data.texture_image_size for an MVTec
+  texture category when it is set, else data.image_size."""
+  texture_size = data_config.get("texture_image_size")
+  if (texture_size and data_config.dataset == "mvtec"
+      and data_config.category.split("/")[-1] in TEXTURE_CATEGORIES):
+    return texture_size
+  return data_config.image_size
+
+
 def load_dataset(data_config, seed: int) -> tuple[Dataset, str]:
   """(Dataset, description of its source) for config.data; errors name the key and path."""
   name = data_config.dataset
@@ -45,7 +56,7 @@ def load_dataset(data_config, seed: int) -> tuple[Dataset, str]:
     else:
       root = _root(data_config)
       source = str(root)
-    return mvtec.load_mvtec(root, data_config.category, data_config.image_size,
+    return mvtec.load_mvtec(root, data_config.category, read_size(data_config),
                             val_fraction=data_config.val_fraction, seed=seed), source
   root = _root(data_config)
   if name == "ucsd_ped1":
@@ -59,4 +70,4 @@ def load_dataset(data_config, seed: int) -> tuple[Dataset, str]:
   raise ValueError(f"config.data.dataset must be one of {list(DATASETS)}, got {name!r}")
 
 
-__all__ = ["DATASETS", "Dataset", "Split", "categories", "load_dataset"]
+__all__ = ["DATASETS", "Dataset", "Split", "categories", "load_dataset", "read_size"]

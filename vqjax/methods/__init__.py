@@ -2,10 +2,11 @@
 check_config, fit, predict, run_info, variants)."""
 from __future__ import annotations
 
+from vqjax.methods.favae import FAVAEMethod
 from vqjax.methods.latent_resampling import LatentResampling
 from vqjax.methods.vqvae_ssim import VQVAESSIM
 
-METHODS = {"vqvae_ssim": VQVAESSIM, "vqvae_resample": LatentResampling}
+METHODS = {"vqvae_ssim": VQVAESSIM, "vqvae_resample": LatentResampling, "favae": FAVAEMethod}
 
 
 def get_method(config, num_channels: int):

@@ -152,7 +152,8 @@ class VQVAESSIM:
     if self.augment is not None:
       images = augment_images(images, jax.random.fold_in(rng, 1), self.augment.policy,
                               max_degrees=self.augment.max_rotation_degrees,
-                              crop_fraction=self.augment.crop_fraction)
+                              crop_fraction=self.augment.crop_fraction,
+                              max_translation=self.augment.max_translation)
     (logits, aux), updates = self.model.apply(
         {"params": params, "batch_stats": model_state["batch_stats"]}, images, train=True,
         mutable=["batch_stats"])

@@ -37,10 +37,11 @@ class ResidualLayer(nn.Module):
     return x + h
 
 
-def _batch_norm(train: bool) -> nn.BatchNorm:
-  # Kept in float32 whatever the compute dtype (statistics of bf16 activations drift).
+def batch_norm(train: bool, name: str | None = None) -> nn.BatchNorm:
+  # torch's BatchNorm2d defaults (momentum 0.1 = Flax 0.9, eps 1e-5). Kept in float32 whatever
+  # the compute dtype (statistics of bf16 activations drift).
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      dtype=jnp.float32)
+                      dtype=jnp.float32, name=name)
 
 
 class Encoder(nn.Module):
@@ -59,7 +60,7 @@ class Encoder(nn.Module):
       h = nn.relu(nn.Conv(self.channels, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
                           dtype=self.dtype)(h))
       if self.architecture == "gangloff":
-        h = _batch_norm(train)(h).astype(self.dtype)
+        h = batch_norm(train)(h).astype(self.dtype)
     if self.architecture == "wang":
       h = nn.Conv(self.channels, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
                   name="conv_3x3")(h)
@@ -100,7 +101,7 @@ class Decoder(nn.Module):
       if not last:
         h = nn.relu(h)
         if self.architecture == "gangloff":
-          h = _batch_norm(train)(h).astype(self.dtype)
+          h = batch_norm(train)(h).astype(self.dtype)
     return h.astype(jnp.float32)
 
 
