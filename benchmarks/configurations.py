@@ -11,7 +11,7 @@ PRESETS = {
                 repeats=20, warmup=3),
     "smoke": dict(config="smoke", batches=(1, 4), train_batches=(4,), repeats=3, warmup=1),
 }
-PARTS = ("inference", "train", "ssim")
+PARTS = ("inference", "train", "ssim", "favae")
 # part -> [(variant key, label, precision)]; report.py's ratios refer to these keys.
 VARIANTS = {
     "inference": [
@@ -30,6 +30,15 @@ VARIANTS = {
     "ssim": [
         ("vqjax_fp32", "vqjax ssim_map jit", "fp32"),
         ("torch_eager_fp32", "torch reference ssim_map eager", "fp32"),
+    ],
+    # FAVAE inference (configs/mvtec_favae.py preset of the same name: paper / default /
+    # smoke): VAE + VGG16 -> merged log-density map, one model-input-sized image each.
+    "favae": [
+        ("vqjax_fp32", "vqjax FAVAE jit fp32", "fp32"),
+        ("vqjax_bf16", "vqjax FAVAE jit bf16", "bf16"),
+        ("torch_eager_fp32", "torch FAVAE eager fp32 (reference)", "fp32"),
+        ("torch_eager_bf16_cl", "torch FAVAE eager bf16 AMP + channels_last", "bf16"),
+        ("torch_compile_bf16_cl", "torch FAVAE torch.compile bf16 AMP + channels_last", "bf16"),
     ],
 }
 # --fp32-precision -> jax_default_matmul_precision (convs and dots without explicit precision)

@@ -128,9 +128,11 @@ def _aot(jitted, args, holder: dict):
   return compile_now
 
 
-def inference(method: VQVAESSIM, variables, host_batches, device) -> Workload:
-  """method.predict (model -> reconstruction -> SSIM and SSIM+AM maps), one jitted program."""
-  params = jax.device_put({k: variables[k] for k in ("params", "batch_stats")}, device)
+def inference(method, variables, host_batches, device,
+              collections=("params", "batch_stats")) -> Workload:
+  """method.predict as one jitted program (VQ-VAE SSIM: model -> reconstruction -> SSIM and
+  SSIM+AM maps; FAVAE, with collections + ('frozen',): VAE + VGG16 -> log-density maps)."""
+  params = jax.device_put({k: variables[k] for k in collections}, device)
   batches = [jax.device_put(b, device) for b in host_batches]
   holder = {}
   return Workload(
@@ -191,3 +193,30 @@ def ssim(anomaly_cfg, host_batches, device) -> Workload:
       memory=JaxMemoryProbe(device),
       close=lambda: (holder.clear(), batches.clear()),
       info=lambda: _program_info(holder.get("compiled")))
+
+
+def favae_method(config, dtype: str, num_channels: int):
+  """The FAVAE method of `config` with model.dtype = dtype, VGG16 feature spaces, one
+  model-input-sized image per example (no tiling)."""
+  from vqjax.methods.favae import FAVAEMethod
+  config = config.copy_and_resolve_references()
+  config.model.dtype = dtype
+  config.model.feature_extractor = "vgg16"
+  config.data.texture_image_size = None
+  return FAVAEMethod.from_config(config, num_channels=num_channels)
+
+
+def favae_variables(method, image_shape, seed: int = 0) -> dict:
+  """Host variables for FAVAE's predict: the model's (filled like random_variables) and a
+  full 13-conv VGG16 under 'frozen' (random: timings do not depend on the values)."""
+  from vqjax.models.backbones import VGG16
+  variables = random_variables(method, image_shape, seed)
+  vgg = VGG16(outputs=(30,))
+  shapes = jax.eval_shape(vgg.init, jax.random.key(0),
+                          jax.ShapeDtypeStruct((1, *image_shape[:2], 3), jnp.float32))
+  rng = np.random.default_rng(seed + 1)
+  variables["frozen"] = jax.tree_util.tree_map_with_path(
+      lambda path, leaf: (rng.standard_normal(leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))
+                          if path[-1].key == "kernel" else np.zeros(leaf.shape)).astype(np.float32),
+      shapes)
+  return variables

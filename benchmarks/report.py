@@ -121,6 +121,15 @@ def inference_table(results: list[dict]) -> list[str]:
        for r in _rows(results, "inference")])
 
 
+def favae_table(results: list[dict]) -> list[str]:
+  return markdown_table(
+      ["variant", "batch", *TIMING_HEADER, "max rel. \\|Δ map\\| vs vqjax fp32",
+       "× torch.compile bf16", "× torch eager bf16 AMP"],
+      [[r["label"], str(r["batch"]), *_timing_cells(r), _agreement(r, "max_rel_diff"),
+        _ratio_cell(r, COMPILE_BF16), _ratio_cell(r, EAGER_AMP)]
+       for r in _rows(results, "favae")])
+
+
 def resampling_table(rows: list[dict]) -> list[str]:
   """Table of benchmarks.bench_resampling rows."""
   def speedup(r, other):
@@ -199,6 +208,9 @@ def render(data: dict) -> str:
               *train_table(results)]
   if "ssim" in parts:
     lines += ["", "## SSIM map alone (float32)", "", *ssim_table(results)]
+  if "favae" in parts:
+    lines += ["", "## FAVAE inference: VAE + VGG16 → merged log-density map", "",
+              f"- model: {data['settings'].get('favae_model')}", "", *favae_table(results)]
   if "inference" in parts:
     lines += ["", "## Inference: model → reconstruction → SSIM and SSIM+AM maps", "",
               *inference_table(results)]

@@ -17,7 +17,7 @@ import torch
 
 from benchmarks import environment, harness, jax_cases, report, torch_cases
 from benchmarks.configurations import JAX_PRECISION, PARTS, PRESETS, VARIANTS
-from configs import mvtec_vq
+from configs import mvtec_favae, mvtec_vq
 from vqjax.report import write_json, write_text
 
 NUM_CHANNELS = 3  # RGB, as MVTec-AD
@@ -72,6 +72,9 @@ def comparable(part: str, variant: str, output):
   if part == "ssim":
     out = np.asarray(output) if is_jax else output.cpu().numpy().transpose(0, 2, 3, 1)
     return out.astype(np.float32)
+  if part == "favae":
+    out = output["maps"]["favae"] if is_jax else output["favae"].float().cpu()
+    return np.asarray(out, np.float32)
   if is_jax:
     return {k: np.asarray(output["maps"][k], np.float32) for k in ("ssim", "ssim_am")}
   return torch_cases.maps_to_numpy(output)
@@ -95,9 +98,34 @@ class Bench:
     self.torch_model = torch_cases.base_model(self.config, self.variables, self.torch_device)
     self.compile_seconds = 0.0
     self.reference = {}  # part -> vqjax fp32 values on the first input batch
+    self._favae = None  # built on first use: (methods, variables, torch models, image size)
+
+  def favae(self):
+    """FAVAE's methods, variables and torch twins (configs/mvtec_favae.py, same preset)."""
+    if self._favae is None:
+      config = mvtec_favae.get_config(self.s["config_preset"])
+      size = config.data.image_size
+      methods = {p: jax_cases.favae_method(config, dtype, NUM_CHANNELS)
+                 for p, dtype in (("fp32", "float32"), ("bf16", "bfloat16"))}
+      variables = jax_cases.favae_variables(methods["fp32"], (size, size, NUM_CHANNELS),
+                                            self.s["seed"])
+      models = torch_cases.favae_models(methods["fp32"], variables, self.torch_device)
+      self._favae = dict(methods=methods, variables=variables, models=models, image_size=size,
+                         config=config)
+    return self._favae
+
+  def part_image_size(self, part: str) -> int:
+    return self.favae()["image_size"] if part == "favae" else self.image_size
 
   def build(self, part: str, variant: str, precision: str, inputs) -> harness.Workload:
     framework, kind = variant.split("_", 1)
+    if part == "favae":
+      f = self.favae()
+      if framework == "vqjax":
+        return jax_cases.inference(f["methods"][precision], f["variables"], inputs,
+                                   self.jax_device, ("params", "batch_stats", "frozen"))
+      return torch_cases.favae_inference(kind, f["models"], inputs, self.torch_device,
+                                         compile_mode=self.s["compile_mode"])
     if framework == "vqjax":
       method = self.methods[precision]
       if part == "inference":
@@ -168,6 +196,8 @@ class Bench:
       return {"loss": values, "loss_diff": abs(values - ref)}
     if part == "ssim":
       return {"max_abs_diff": float(np.max(np.abs(values - ref)))}
+    if part == "favae":  # sums of hundreds of channel log-densities: relative to the largest
+      return {"max_rel_diff": float(np.max(np.abs(values - ref)) / (np.max(np.abs(ref)) or 1.0))}
     # SSIM+AM scales with squared latent distances: relative to its largest value.
     scale = float(np.max(np.abs(ref["ssim_am"]))) or 1.0
     return {"max_abs_diff_ssim": float(np.max(np.abs(values["ssim"] - ref["ssim"]))),
@@ -180,7 +210,7 @@ class Bench:
     for part in self.s["parts"]:
       batches = self.s["train_batches"] if part == "train" else self.s["batches"]
       for batch in batches:
-        inputs = host_batches(part, batch, self.image_size, self.s["seed"])
+        inputs = host_batches(part, batch, self.part_image_size(part), self.s["seed"])
         for spec in VARIANTS[part]:
           # Outputs are compared at the smallest batch only (transfers cost time).
           r = self.run_one(part, batch, spec, inputs, agree=batch == min(batches))
@@ -217,6 +247,11 @@ def main(args: argparse.Namespace, argv: list[str], runtime: dict) -> dict:
                        f"{m.num_downsamplings} downsamplings, {m.num_residual_layers} residual "
                        f"layers, M={m.num_codes}, D={m.embedding_dim}")
   settings["image_size"] = bench.image_size
+  if "favae" in settings["parts"]:
+    f = bench.favae()["config"]
+    settings["favae_model"] = (f"configs/mvtec_favae.py:{settings['config_preset']} — width "
+                               f"{f.model.width}, latent {f.model.latent_dim}, VGG16 (7, 14, 21), "
+                               f"images {f.data.image_size}x{f.data.image_size}x3")
   log(f"benchmarks: preset {settings['preset']} on {device} ({bench.jax_device.device_kind}); "
       f"{settings['model']}")
   env = environment.collect(argv, bench.jax_device, torch_device, {

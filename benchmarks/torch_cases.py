@@ -184,6 +184,42 @@ def ssim(ssim_kwargs: dict, host_batches, device) -> Workload:
                   close=batches.clear)
 
 
+def favae_models(method, variables, device: torch.device):
+  """(torch FAVAE, torch VGG16 features) with vqjax's FAVAE variables copied in."""
+  from benchmarks.torch_reference import favae as tfavae
+  from benchmarks.torch_reference.convert import favae_parameter_mapping, vgg16_parameter_mapping
+  m = method.model
+  model = tfavae.FAVAE(width=m.width, bottleneck=m.bottleneck, latent_dim=m.latent_dim,
+                       bottom_size=m.bottom_size, in_channels=m.out_channels)
+  load_flax_variables(model, {k: variables[k] for k in ("params", "batch_stats")},
+                      favae_parameter_mapping)
+  vgg = load_flax_variables(tfavae.vgg16_features(), variables["frozen"], vgg16_parameter_mapping)
+  return model.to(device).eval(), vgg.to(device).eval()
+
+
+def favae_inference(variant: str, models, host_batches, device, *,
+                    compile_mode: str = "default") -> Workload:
+  """variant: 'eager_fp32' | 'eager_bf16_cl' | 'compile_bf16_cl' (as `inference`)."""
+  from benchmarks.torch_reference import favae as tfavae
+  if variant not in ("eager_fp32", "eager_bf16_cl", "compile_bf16_cl"):
+    raise ValueError(f"unknown torch FAVAE variant {variant!r}")
+  channels_last = variant != "eager_fp32"
+  model, vgg = (_model_copy(m, channels_last).eval() for m in models)
+  batches = [_to_torch(b, device, channels_last) for b in host_batches]
+  autocast = None if variant == "eager_fp32" else torch.bfloat16
+  fn = lambda x: tfavae.anomaly_maps(model, vgg, x, autocast_dtype=autocast)
+  if variant == "compile_bf16_cl":
+    torch._dynamo.reset()
+    fn = torch.compile(fn, mode=compile_mode, dynamic=False)
+
+  def run(i):
+    with torch.inference_mode():
+      return fn(batches[i % len(batches)])
+
+  return Workload(run=run, sync=_sync_fn(device), memory=TorchMemoryProbe(device),
+                  close=batches.clear)
+
+
 def maps_to_numpy(output) -> dict:
   """Maps of a torch pipeline output -> NumPy [B,H,W] float32 (for the agreement check)."""
   return {k: output[k].float().cpu().numpy() for k in ("ssim", "ssim_am")}

@@ -307,3 +307,23 @@ def test_cli_runs_favae_end_to_end_on_tiled_textures(tmp_path):
   assert arrays["reconstructions"].shape == (9, 64, 64, 1)
   for variant in ("favae_random_vgg16", "pixel_only"):
     check_against_arrays(metrics[variant], arrays, variant, "mean", min_area=4)
+
+
+def test_sweep_table_shows_table_1_beside_ours():
+  """results.md of a FAVAE sweep: both of Table 1's columns for `favae`, per category and for
+  the mean row; Fig. 3b's means only in the mean row of an ablation."""
+  from vqjax.report import results_tables
+  metrics = {"pixel_auroc": 0.9, "image_auroc": 0.8, "au_pro": 0.7, "image_accuracy": 0.6}
+  per_category = {c: {"favae": metrics, "pixel_only": metrics, "favae_random_vgg16": metrics,
+                      "baselines": {"mean_image": metrics}} for c in ("carpet", "bottle")}
+  md, csv = results_tables(per_category, ["favae", "pixel_only", "favae_random_vgg16"], "mvtec")
+  header, _, *rows = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()]
+  cells = {row[0]: dict(zip(header, row)) for row in rows}
+  assert cells["carpet"]["favae paper (pixel auroc)"] == "0.96"
+  assert cells["carpet"]["favae paper (image auroc)"] == "0.671"
+  assert cells["bottle"]["favae paper (image auroc)"] == "0.999"
+  assert cells["**mean**"]["favae paper (pixel auroc)"] == "0.953"
+  assert cells["carpet"]["favae_random_vgg16 paper (pixel auroc)"] == "–"
+  assert cells["**mean**"]["favae_random_vgg16 paper (image auroc)"] == "0.764"
+  assert not any(h.startswith("pixel_only paper") for h in header)
+  assert "carpet,favae," in csv

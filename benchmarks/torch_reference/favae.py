@@ -90,22 +90,28 @@ def _nll_map(targets, means, log_var):
   return -torch.distributions.Normal(means, std).log_prob(targets).sum(1)
 
 
-def anomaly_maps(model: FAVAE, vgg: nn.Sequential, images) -> dict[str, torch.Tensor]:
-  """images [B,C,H,W] in [0,1] (C = 1 or 3) -> {'favae', 'pixel_only'}: [B,H,W]."""
-  pixels, adapted = model(images)
+def anomaly_maps(model: FAVAE, vgg: nn.Sequential, images, autocast_dtype=None
+                 ) -> dict[str, torch.Tensor]:
+  """images [B,C,H,W] in [0,1] (C = 1 or 3) -> {'favae', 'pixel_only'}: [B,H,W].
+
+  autocast_dtype (e.g. torch.bfloat16): the two networks run under autocast (AMP); their
+  outputs are cast to float32 before the log-densities, as vqjax's bf16 model does."""
   height, width = images.shape[-2:]
-  pixel = _nll_map(images, pixels, model.log_var_pixels)
   rgb = images.expand(-1, 3, -1, -1)
   x = (rgb - torch.tensor(IMAGENET_MEAN, device=images.device)[None, :, None, None]) / (
       torch.tensor(IMAGENET_STD, device=images.device)[None, :, None, None])
   features = {}
-  for index, layer in enumerate(vgg[:max(VGG16_LAYERS) + 1]):
-    x = layer(x)
-    features[index] = x
+  with torch.autocast(images.device.type, dtype=autocast_dtype or torch.bfloat16,
+                      enabled=autocast_dtype is not None):
+    pixels, adapted = model(images)
+    for index, layer in enumerate(vgg[:max(VGG16_LAYERS) + 1]):
+      x = layer(x)
+      features[index] = x
+  pixel = _nll_map(images, pixels.float(), model.log_var_pixels)
   total = pixel
   for predicted, layer, log_var in zip(adapted, VGG16_LAYERS, model.log_var_features):
-    target = features[layer]
-    predicted = F.interpolate(predicted, size=target.shape[-2:], mode="bilinear",
+    target = features[layer].float()
+    predicted = F.interpolate(predicted.float(), size=target.shape[-2:], mode="bilinear",
                               align_corners=False)
     space = _nll_map(target, predicted, log_var)
     total = total + F.interpolate(space[:, None], size=(height, width), mode="bilinear",
