@@ -253,6 +253,21 @@ def test_bad_values_are_named(key, value, message):
     validate_config(_config(**{key: value}))
 
 
+def test_unreadable_backbone_weights_name_the_key(tmp_path):
+  from vqjax.errors import UserInputError
+  missing = tmp_path / "vgg16.pth"
+  method, _ = _method(**{"model.feature_extractor": "vgg16",
+                         "model.backbone_weights": str(missing)})
+  with pytest.raises(UserInputError, match=r"config\.model\.backbone_weights.*does not exist"):
+    method.frozen_variables()
+  garbage = tmp_path / "garbage.pth"
+  garbage.write_bytes(b"not a state dict")
+  method, _ = _method(**{"model.feature_extractor": "vgg16",
+                         "model.backbone_weights": str(garbage)})
+  with pytest.raises(UserInputError, match=r"config\.model\.backbone_weights"):
+    method.frozen_variables()
+
+
 def test_only_cropping_methods_take_texture_image_size():
   config = load_config_file("configs/mvtec_vq.py:smoke")
   config.data.texture_image_size = 64

@@ -132,7 +132,10 @@ def _read_state_dict(path: str) -> dict[str, np.ndarray]:
     import torch  # Only the converters need PyTorch.
   except ImportError as e:
     raise ImportError(f"converting a torchvision state dict needs PyTorch: {_TORCH_HINT}") from e
-  state = torch.load(path, map_location="cpu", weights_only=True)
+  try:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+  except (pickle.UnpicklingError, RuntimeError, EOFError) as e:  # not a torch save file
+    raise ValueError(f"{path}: not a readable PyTorch state-dict file ({e})") from e
   if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
     state = state["state_dict"]
   if not isinstance(state, dict):

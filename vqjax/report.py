@@ -247,7 +247,9 @@ def results_tables(per_category: dict[str, dict], variants: list[str], dataset: 
            if any(metrics_of(c, variants[0]).get(k) is not None for c in categories)]
   paper = {(c, v): dict(paper_values(dataset, c, v)) for c in categories + ["mean"] for v in maps}
   # Per variant, the metrics some paper reports for it on one of these rows: one column each.
-  paper_metrics = {v: sorted({k for c in categories + ["mean"] for k in paper[(c, v)]})
+  order = [k for k, _ in shown] + [k for k, _ in METRIC_COLUMNS]  # as our columns
+  paper_metrics = {v: sorted({k for c in categories + ["mean"] for k in paper[(c, v)]},
+                             key=lambda k: order.index(k) if k in order else len(order))
                    for v in maps}
   header, rows = ["category"], []
   for v in maps:

@@ -37,6 +37,7 @@ import numpy as np
 from vqjax import inference
 from vqjax.config_checks import get, one_of, positive_int, require
 from vqjax.data.augment import augment_images, resolve_policy
+from vqjax.errors import UserInputError
 from vqjax.inference import to_unit_range
 from vqjax.models import COMPUTE_DTYPES
 from vqjax.models.backbones import VGG16, imagenet_normalize
@@ -121,9 +122,13 @@ class FAVAEMethod:
     """The frozen VGG16 (vgg16, random) with its source and checksum; None otherwise."""
     if self.feature_extractor not in ("vgg16", "random"):
       return None
+    import pickle
     from vqjax.pretrained import load_backbone  # local: host-side file reading
     weights = "random" if self.feature_extractor == "random" else self.backbone_weights
-    variables, info = load_backbone("vgg16", weights, seed=self.seed)
+    try:
+      variables, info = load_backbone("vgg16", weights, seed=self.seed)
+    except (ImportError, OSError, ValueError, KeyError, pickle.UnpicklingError) as e:
+      raise UserInputError(f"config.model.backbone_weights = {weights!r}: {e}") from e
     return FrozenVariables(jax.tree.map(jnp.asarray, variables), info)
 
   def targets(self, frozen, images, out) -> list:
@@ -213,7 +218,7 @@ class FAVAEMethod:
 
   def predict(self, variables, images):
     """images [B,S,S,C] (S a multiple of input_size: tiled) -> dict(reconstructions
-    [B,S,S,C], maps {variant: [B,S,S]}, latent [B x tiles, latent_dim])."""
+    [B,S,S,C], maps {variant: [B,S,S]}); every output is per image (leading axis B)."""
     images = to_unit_range(images)
     batch, size = images.shape[0], images.shape[1]
     tiles = tile_images(images, self.input_size)
@@ -224,8 +229,7 @@ class FAVAEMethod:
     grid = size // self.input_size
     return dict(
         reconstructions=untile_maps(out["pixels"], batch, grid),
-        maps={v: untile_maps(per_variant[v], batch, grid) for v in self.variants},
-        latent=out["mean"])
+        maps={v: untile_maps(per_variant[v], batch, grid) for v in self.variants})
 
   def run_info(self, variables, dataset, summary, *, batch_size, mesh) -> dict:
     """The feature spaces, their layer mapping and the learned standard deviations."""
