@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu_session.sh resampling   # trains configs/mvtec_vq_resample.py:timing on
 #                                               # the demo data, then times the resampling stage
 #   bash benchmarks/gpu_session.sh profile      # jax.profiler trace + optimised HLO of predict
+#   bash benchmarks/gpu_session.sh favae        # FAVAE inference rows (paper size) vs PyTorch
 #
 # then, back on the development machine, with both JSONs copied into benchmarks/results/:
 #   python -m benchmarks.results_md --throughput benchmarks/results/paper_<gpu>.json \
@@ -17,7 +18,7 @@
 # device tool's output folder), are copied there. VQJAX_GPU_SESSION_SMOKE=1 runs every part
 # at toy sizes on any machine (a check of this script, not a measurement).
 set -euo pipefail
-part="${1:?usage: bash benchmarks/gpu_session.sh throughput|resampling|profile}"
+part="${1:?usage: bash benchmarks/gpu_session.sh throughput|resampling|profile|favae}"
 cd "$(dirname "$0")/.."
 
 if compgen -G ".whl/*.whl" > /dev/null; then
@@ -41,8 +42,15 @@ case "$part" in
     else
       # torch.compile's cold compiles stop after 300 s in total (later rows say skipped), so
       # the part fits one 10-minute call.
-      python -m benchmarks.run --preset paper --compile-budget-s 300 --out-dir "$results"
+      python -m benchmarks.run --preset paper --parts inference,train,ssim \
+        --compile-budget-s 300 --out-dir "$results"
     fi
+    ;;
+  favae)
+    # Its own call and folder (paper_<gpu>.json there): torch.compile stops after 200 s.
+    python -m benchmarks.run --preset "$([[ "$smoke" == 1 ]] && echo smoke || echo paper)" \
+      --parts favae --compile-budget-s 200 --out-dir "$results/favae" \
+      $([[ "$smoke" == 1 ]] && echo "--batches 1,2 --repeats 2 --warmup 1 --no-torch-compile")
     ;;
   resampling)
     if [[ "$smoke" == 1 ]]; then
@@ -63,7 +71,7 @@ case "$part" in
       $([[ "$smoke" == 1 ]] && echo "--config configs/mvtec_vq.py:smoke --batch 2")
     ;;
   *)
-    echo "unknown part '$part': expected throughput, resampling or profile" >&2
+    echo "unknown part '$part': expected throughput, resampling, profile or favae" >&2
     exit 2
     ;;
 esac

@@ -309,6 +309,7 @@ def test_batch_sharded_over_four_devices_gives_the_same_codes(tmp_path):
   assert out["None"]["collectives"] <= 2
 
 
+@pytest.mark.slow  # the op's slot refill is exact for slots 1, 3, 7, 50 above (fast tests)
 def test_method_predict_gives_the_same_maps_with_slot_refill(monkeypatch):
   # anomaly.resample_slots reaches resample() and changes nothing but the schedule.
   from configs import mvtec_vq_resample

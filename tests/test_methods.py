@@ -204,7 +204,8 @@ def test_wang_architecture_is_the_papers_layer_list():
   from vqjax.models.vqvae import VQVAE
   model = VQVAE(channels=8, num_downsamplings=2, num_residual_layers=1, num_codes=5,
                 embedding_dim=4, out_channels=3, architecture="wang")
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+  # Shapes only (eval_shape): nothing to compile.
+  variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
   assert set(variables) == {"params"}  # no BatchNorm statistics
   kernels = {"/".join(k[:-1]): v.shape for k, v in
              traverse_util.flatten_dict(variables["params"]["encoder"]).items() if k[-1] == "kernel"}
@@ -215,11 +216,12 @@ def test_wang_architecture_is_the_papers_layer_list():
              traverse_util.flatten_dict(variables["params"]["decoder"]).items() if k[-1] == "kernel"}
   assert decoder["from_embedding"] == (1, 1, 4, 8) and decoder["conv_3x3"] == (3, 3, 8, 8)
   assert decoder["ConvTranspose_1"] == (4, 4, 3, 8)  # transpose_kernel: (k, k, out, in)
-  logits, aux = model.apply(variables, jnp.zeros((2, 16, 16, 3)))
+  logits, aux = jax.eval_shape(model.apply, variables, jnp.zeros((2, 16, 16, 3)))
   assert logits.shape == (2, 16, 16, 3) and aux["z_e"].shape == (2, 4, 4, 4)
   gangloff = VQVAE(channels=8, num_downsamplings=2, num_residual_layers=1, num_codes=5,
                    embedding_dim=4, out_channels=3)
-  assert "batch_stats" in gangloff.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+  assert "batch_stats" in jax.eval_shape(gangloff.init, jax.random.key(0),
+                                         jnp.zeros((1, 16, 16, 3)))
 
 
 def test_wang_architecture_trains_and_predicts(tmp_path):

@@ -108,6 +108,7 @@ def _losses_with_devices(n, workdir):
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # the trainer's multi-device path is checked by test_programs.py's twin
 def test_four_devices_give_the_same_losses_as_one(tmp_path):
   one = _losses_with_devices(1, tmp_path / "one")
   four = _losses_with_devices(4, tmp_path / "four")
