@@ -1,7 +1,8 @@
 """Published numbers to print beside ours, one place for every method.
 
-Gangloff et al. 2022 Tables I-III (VQ-VAE SSIM / SSIM+AM) and Dehaene & Eline 2020 Table 1 and
-Fig. 3b (FAVAE and its ablations). `paper_values(dataset, category, variant)` gives the
+Gangloff et al. 2022 Tables I-III (VQ-VAE SSIM / SSIM+AM), Wang et al. 2020 Tables 1-4 (latent
+resampling, the "Proposed" columns) and Dehaene & Eline 2020 Table 1 and Fig. 3b (FAVAE and its
+ablations). `paper_values(dataset, category, variant)` gives the
 (metric, value) pairs a paper reports for one of our map variants; metric names are those of
 vqjax.metrics (pixel_auroc = pooled over all test pixels of a category).
 """
@@ -28,6 +29,21 @@ GANGLOFF_2022 = {
     "cifar10": ("image_auroc", _CIFAR10_TABLE_III),
     "ucsd_ped1": ("pixel_auroc", _UCSD_TABLE_II),
 }
+
+# Wang et al. 2020 on MVTec AD, "Proposed": category -> (Table 1 image accuracy (mean of the
+# accuracies on anomalous and on normal images), Table 2 PRO at the threshold, Table 3 pixel
+# AUROC, Table 4 image F1, Table 4 pixel F1).
+_WANG_TABLES_1_4 = {
+    "carpet": (0.71, 0.47, 0.94, 0.88, 0.33), "grid": (0.91, 0.89, 0.99, 0.97, 0.38),
+    "wood": (0.96, 0.53, 0.87, 0.97, 0.42), "leather": (0.96, 0.80, 0.99, 0.98, 0.42),
+    "tile": (0.95, 0.36, 0.88, 0.98, 0.30), "bottle": (0.99, 0.52, 0.95, 0.99, 0.55),
+    "cable": (0.72, 0.40, 0.95, 0.82, 0.40), "capsule": (0.68, 0.31, 0.93, 0.68, 0.23),
+    "hazelnut": (0.94, 0.54, 0.95, 0.93, 0.50), "metal_nut": (0.83, 0.36, 0.91, 0.93, 0.36),
+    "pill": (0.68, 0.24, 0.95, 0.81, 0.20), "screw": (0.80, 0.47, 0.96, 0.81, 0.34),
+    "toothbrush": (0.92, 0.69, 0.97, 0.97, 0.40), "transistor": (0.73, 0.08, 0.91, 0.68, 0.11),
+    "zipper": (0.97, 0.82, 0.98, 0.99, 0.58), "mean": (0.85, 0.50, 0.94, 0.89, 0.37),
+}
+_WANG_METRICS = ("image_accuracy", "pro", "pixel_auroc", "image_f1", "pixel_f1")
 
 # Dehaene & Eline 2020 Table 1 (MVTec AD, means of 5 runs): category -> (pixel AUROC FAVAE,
 # pixel AUROC Vanilla VAE, image AUROC Vanilla VAE, image AUROC FAVAE), in the table's order.
@@ -65,6 +81,9 @@ def paper_values(dataset: str, category: str, variant: str) -> list[tuple[str, f
     metric, table = GANGLOFF_2022[dataset]
     row = table.get(category)
     return [] if row is None else [(metric, row[("ssim", "ssim_am").index(variant)])]
+  if dataset == "mvtec" and variant == "resample":
+    row = _WANG_TABLES_1_4.get(category)
+    return [] if row is None else list(zip(_WANG_METRICS, row))
   if dataset == "mvtec":
     return _favae_values(category, variant)
   return []

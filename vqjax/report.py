@@ -241,11 +241,15 @@ def results_tables(per_category: dict[str, dict], variants: list[str], dataset: 
         row = [metrics_of(category, name).get(k) for k in keys]
       csv_lines.append(f"{category},{name}," + ",".join("" if v is None else f"{v:.6f}" for v in row))
 
+  paper = {(c, v): dict(paper_values(dataset, c, v)) for c in categories + ["mean"] for v in maps}
   shown = [("pixel_auroc", "pixel AUROC"), ("image_auroc", "image AUROC"), ("au_pro", "AU-PRO"),
            ("image_accuracy", "image acc.")]
+  # A metric a paper reports for one of these maps is shown for ours too (e.g. Wang's PRO).
+  reported = {k for p in paper.values() for k in p}
+  shown += [(k, label) for k, label in METRIC_COLUMNS
+            if k in reported and k not in {key for key, _ in shown}]
   shown = [(k, t) for k, t in shown
            if any(metrics_of(c, variants[0]).get(k) is not None for c in categories)]
-  paper = {(c, v): dict(paper_values(dataset, c, v)) for c in categories + ["mean"] for v in maps}
   # Per variant, the metrics some paper reports for it on one of these rows: one column each.
   order = [k for k, _ in shown] + [k for k, _ in METRIC_COLUMNS]  # as our columns
   paper_metrics = {v: sorted({k for c in categories + ["mean"] for k in paper[(c, v)]},
