@@ -46,15 +46,18 @@ def method_for(config, dtype: str, num_channels: int) -> VQVAESSIM:
   return VQVAESSIM.from_config(config, num_channels=num_channels)
 
 
-def random_variables(method: VQVAESSIM, image_shape, seed: int = 0) -> dict:
-  """Host (NumPy) variables laid out as `method.init` makes them, filled from NumPy.
-
-  Kernels N(0, 1/fan_in), zero biases, BatchNorm identity, codebook N(0, 1), vq_stats as
-  initialised. Cheaper than Flax's init (seconds of compile on a small CPU), and timings
-  do not depend on the values.
-  """
+def random_variables(method, image_shape, seed: int = 0) -> dict:
+  """Host (NumPy) variables laid out as `method.init` makes them, filled by `random_fill`.
+  Cheaper than Flax's init (seconds of compile on a small CPU), and timings do not depend on
+  the values."""
   shapes = jax.eval_shape(method.init, jax.random.key(0),
                           jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+  return random_fill(shapes, seed)
+
+
+def random_fill(shapes, seed: int = 0) -> dict:
+  """A tree of ShapeDtypeStructs -> NumPy float32 values: kernels N(0, 1/fan_in), zero biases,
+  BatchNorm identity, codebook N(0, 1), vq_stats as initialised."""
   rng = np.random.default_rng(seed)
 
   def fill(path, leaf):
@@ -67,7 +70,7 @@ def random_variables(method: VQVAESSIM, image_shape, seed: int = 0) -> dict:
       value = np.ones(leaf.shape)
     elif name == "usage":
       value = np.full(leaf.shape, 1.0 / leaf.shape[0])
-    else:  # biases, BatchNorm means, candidate codes
+    else:  # biases, BatchNorm means, candidate codes, log-variances
       value = np.zeros(leaf.shape)
     return value.astype(np.float32)
 
@@ -211,12 +214,7 @@ def favae_variables(method, image_shape, seed: int = 0) -> dict:
   full 13-conv VGG16 under 'frozen' (random: timings do not depend on the values)."""
   from vqjax.models.backbones import VGG16
   variables = random_variables(method, image_shape, seed)
-  vgg = VGG16(outputs=(30,))
-  shapes = jax.eval_shape(vgg.init, jax.random.key(0),
+  shapes = jax.eval_shape(VGG16(outputs=(30,)).init, jax.random.key(0),
                           jax.ShapeDtypeStruct((1, *image_shape[:2], 3), jnp.float32))
-  rng = np.random.default_rng(seed + 1)
-  variables["frozen"] = jax.tree_util.tree_map_with_path(
-      lambda path, leaf: (rng.standard_normal(leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))
-                          if path[-1].key == "kernel" else np.zeros(leaf.shape)).astype(np.float32),
-      shapes)
+  variables["frozen"] = random_fill(shapes, seed + 1)
   return variables

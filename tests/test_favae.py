@@ -37,12 +37,7 @@ def _paper_model(**kw):
 
 def _config(preset="smoke", **overrides):
   config = load_config_file(f"configs/mvtec_favae.py:{preset}")
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  config.update_from_flattened_dict(overrides)
   return config
 
 

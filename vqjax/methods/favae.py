@@ -41,6 +41,7 @@ from vqjax.errors import UserInputError
 from vqjax.inference import to_unit_range
 from vqjax.models import COMPUTE_DTYPES
 from vqjax.models.backbones import VGG16, imagenet_normalize
+from vqjax.models.backbones import vgg16 as vgg16_layout
 from vqjax.models.favae import DECODER_TAPS, DOWNSAMPLING, ENCODER_TAPS, FAVAE
 from vqjax.ops.gaussian import gaussian_nll_map, kl_to_standard_normal, merge_maps, resize_features
 from vqjax.ops.tiles import tile_images, untile_maps
@@ -48,7 +49,7 @@ from vqjax.train import FrozenVariables, batch_indices, train
 
 FEATURE_EXTRACTORS = ("vgg16", "random", "encoder", "none")
 VGG16_LAYERS = (7, 14, 21)  # torchvision vgg16().features indices (see the module docstring)
-VGG16_CHANNELS = (128, 256, 512)
+VGG16_CHANNELS = tuple(vgg16_layout.FEATURES[i][1] for i in VGG16_LAYERS)  # 128, 256, 512
 # The map of the whole model, named by what it models (Fig. 3b's M1-M4).
 MAIN_VARIANT = {"vgg16": "favae", "random": "favae_random_vgg16", "encoder": "favae_own_encoder",
                 "none": "vanilla_vae"}
