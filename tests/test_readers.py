@@ -1,6 +1,7 @@
-"""Tests for vqjax.data.ucsd (UCSD Ped1) and vqjax.data.one_vs_rest (CIFAR-10, (F)MNIST).
+"""Tests for vqjax.data.ucsd (UCSD Ped1) and vqjax.data.one_vs_rest (CIFAR-10, (F)MNIST, digits).
 
-Each test writes a tiny dataset in the real on-disk format into tmp_path.
+Each test writes a tiny dataset in the real on-disk format into tmp_path (digits: the copy
+bundled with scikit-learn).
 """
 
 import collections
@@ -362,3 +363,67 @@ def test_not_found_message_names_the_expected_paths(tmp_path, monkeypatch):
   assert "train-images-idx3-ubyte" in str(error.value)
   with pytest.raises(ImportError, match="pip install tensorflow-datasets"):
     one_vs_rest.load_one_vs_rest("mnist", 0, tmp_path, download=True)
+
+
+# --- scikit-learn digits (bundled, no data_dir) ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits_raw():
+  return one_vs_rest.read_raw_splits("digits", None)
+
+
+def test_digits_raw_splits_shapes_sizes_and_determinism(digits_raw):
+  raw = digits_raw
+  for images, labels in ((raw.train_images, raw.train_labels),
+                         (raw.test_images, raw.test_labels)):
+    assert images.dtype == np.uint8 and images.shape[1:] == (8, 8, 1)
+    assert labels.dtype == np.int64 and labels.shape == (len(images),)
+  assert raw.train_images.max() == 255 and raw.train_images.min() == 0
+  assert len(raw.train_labels) + len(raw.test_labels) == 1797
+  train_counts = np.bincount(raw.train_labels, minlength=10)
+  all_counts = train_counts + np.bincount(raw.test_labels, minlength=10)
+  np.testing.assert_array_equal(train_counts, 2 * all_counts // 3)  # floor(2n/3) per class
+  again = one_vs_rest.read_raw_splits("digits", "/ignored/for/digits")
+  for a, b in zip(raw, again):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_digits_value_mapping_matches_sklearn(digits_raw):
+  from sklearn.datasets import load_digits
+  digits = load_digits()
+  train_index, _ = one_vs_rest.digits_split(digits.target)
+  raw_image = digits.images[train_index[5]]  # float 0..16
+  expected = np.round(raw_image * 255 / 16).astype(np.uint8)
+  np.testing.assert_array_equal(digits_raw.train_images[5, ..., 0], expected)
+  np.testing.assert_array_equal(one_vs_rest.digits_to_uint8([0, 1, 8, 16]), [0, 16, 128, 255])
+
+
+def test_digits_one_vs_rest_and_resize(digits_raw):
+  dataset = one_vs_rest.load_one_vs_rest("digits", "3", None, val_fraction=0.1, seed=1,
+                                         image_size=32)
+  assert dataset.category == "digits/3" and dataset.num_channels == 1
+  raw = digits_raw
+  n_normal = int((raw.train_labels == 3).sum())
+  assert len(dataset.train) + len(dataset.val) == n_normal and len(dataset.val) > 0
+  for split in (dataset.train, dataset.val):
+    indices = [int(name.split("/")[1]) for name in split.names]
+    assert (raw.train_labels[indices] == 3).all()
+  assert len(dataset.test) == len(raw.test_labels)
+  np.testing.assert_array_equal(dataset.test.labels == 0, raw.test_labels == 3)
+  for split in (dataset.train, dataset.val, dataset.test):
+    assert split.images.shape[1:] == (32, 32, 1) and split.images.dtype == np.uint8
+    assert not split.masks.any() and not split.has_mask.any()
+
+
+def test_digits_through_load_dataset_without_root():
+  import ml_collections
+  from vqjax import data
+  config = ml_collections.ConfigDict({"dataset": "digits", "root": None, "category": "0",
+                                      "val_fraction": 0.0, "image_size": 8, "download": False})
+  dataset, source = data.load_dataset(config, seed=0)
+  assert dataset.category == "digits/0" and dataset.train.images.shape[1:] == (8, 8, 1)
+  assert "load_digits" in source and data.categories(config) == [str(d) for d in range(10)]
+  config.dataset = "mnist"
+  with pytest.raises(FileNotFoundError, match="config.data.root is unset"):
+    data.load_dataset(config, seed=0)

@@ -8,6 +8,8 @@ from vqjax.data.augment import TEXTURE_CATEGORIES
 from vqjax.data.dataset import Dataset, Split
 
 DATASETS = ("mvtec", "ucsd_ped1", *one_vs_rest.ONE_VS_REST_DATASETS)
+DIGITS_SOURCE = ("scikit-learn's bundled digits set (sklearn.datasets.load_digits, fixed "
+                 "2/3 : 1/3 split per class; data.root is not used)")
 
 
 def _root(data_config) -> pathlib.Path:
@@ -58,6 +60,10 @@ def load_dataset(data_config, seed: int) -> tuple[Dataset, str]:
       source = str(root)
     return mvtec.load_mvtec(root, data_config.category, read_size(data_config),
                             val_fraction=data_config.val_fraction, seed=seed), source
+  if name == "digits":
+    return one_vs_rest.load_one_vs_rest(
+        name, data_config.category, None, val_fraction=data_config.val_fraction, seed=seed,
+        image_size=data_config.image_size), DIGITS_SOURCE
   root = _root(data_config)
   if name == "ucsd_ped1":
     return ucsd.load_ucsd_ped1(root, data_config.image_size, val_fraction=data_config.val_fraction,

@@ -1,10 +1,14 @@
-"""One-vs-rest anomaly detection on CIFAR-10, MNIST and Fashion-MNIST (host-side NumPy/PIL).
+"""One-vs-rest anomaly detection on CIFAR-10, MNIST, Fashion-MNIST and digits (NumPy/PIL).
 
 One class is normal (Gangloff et al. 2022, section III-D): train/val hold only its training
 images, test is the whole official test set with label 0 for that class and 1 for the rest.
 There is no pixel ground truth: masks are all False and has_mask all False in every split.
 
-Sources, tried in this order inside `data_dir`:
+"digits" is a small stand-in set, not one of the paper's: scikit-learn's bundled
+sklearn.datasets.load_digits (1797 8x8 grey images, values 0..16), read offline and without
+data_dir. It has no official split, so ours is fixed and stated in `read_digits`.
+
+Sources of the other sets, tried in this order inside `data_dir`:
   1. the standard files:
        CIFAR-10 (python version): <data_dir>/cifar-10-batches-py/{data_batch_1..5,test_batch}
          (or data_dir = cifar-10-batches-py itself);
@@ -32,13 +36,14 @@ from PIL import Image
 from vqjax.data.dataset import Dataset, Split, hold_out_validation
 from vqjax.data.mvtec import check_image_size, check_val_fraction
 
-ONE_VS_REST_DATASETS = ("cifar10", "mnist", "fashion_mnist")
+ONE_VS_REST_DATASETS = ("cifar10", "mnist", "fashion_mnist", "digits")
 CLASS_NAMES: dict[str, tuple[str, ...]] = {
     "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                 "ship", "truck"),
     "mnist": tuple(str(digit) for digit in range(10)),
     "fashion_mnist": ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
                       "sneaker", "bag", "ankle boot"),
+    "digits": tuple(str(digit) for digit in range(10)),
 }
 
 CIFAR_FOLDER = "cifar-10-batches-py"
@@ -47,6 +52,7 @@ CIFAR_TEST_FILE = "test_batch"
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 _TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+DIGITS_SPLIT_SEED = 0  # fixed: the digits train/test split never depends on the run seed
 
 
 class RawSplits(typing.NamedTuple):
@@ -62,9 +68,10 @@ def load_one_vs_rest(name: str, normal_class: int | str, data_dir, val_fraction:
                      download: bool = False) -> Dataset:
   """Dataset with category '<name>/<class name>', e.g. 'cifar10/airplane'.
 
-  images are [N,S,S,C] uint8: CIFAR-10 C=3 S=32, (Fashion-)MNIST C=1 S=28, or
-  S=image_size after a PIL bilinear resize. val is a seeded slice of the normal training
-  images (hold_out_validation); names are '<official split>/<index in it>' ('test/00017').
+  images are [N,S,S,C] uint8: CIFAR-10 C=3 S=32, (Fashion-)MNIST C=1 S=28, digits C=1 S=8,
+  or S=image_size after a PIL bilinear resize. data_dir may be None for digits only.
+  val is a seeded slice of the normal training images (hold_out_validation); names are
+  '<official split>/<index in it>' ('test/00017').
   """
   class_index = normal_class_index(name, normal_class)
   if image_size is not None:
@@ -124,8 +131,12 @@ def _resize(images: np.ndarray, image_size: int) -> np.ndarray:
 
 
 def read_raw_splits(name: str, data_dir, download: bool = False) -> RawSplits:
-  """Official train and test splits from the first source found (see module docstring)."""
+  """Official train and test splits from the first source found (see module docstring).
+
+  digits ignores data_dir and download (see `read_digits`)."""
   _check_name(name)
+  if name == "digits":
+    return read_digits()
   data_dir = pathlib.Path(data_dir)
   raw = _read_cifar10(data_dir) if name == "cifar10" else _read_idx_dataset(name, data_dir)
   if raw is not None:
@@ -161,6 +172,43 @@ def _not_found_message(name: str, data_dir: pathlib.Path, tfds_prepared: bool) -
 def _missing_files_error(folder: pathlib.Path, missing: list[str], name: str):
   return FileNotFoundError(f"{name} folder {folder} holds some of the standard files but not "
                            f"{', '.join(missing)}; put all of them there")
+
+
+# --- scikit-learn digits ------------------------------------------------------------------
+
+
+def read_digits() -> RawSplits:
+  """sklearn's load_digits with a fixed, stratified 2/3 : 1/3 train/test split.
+
+  Pixels v in 0..16 become round(v * 255 / 16) (NumPy rounds half to even: 8 -> 128), as
+  [N,8,8,1] uint8. Split: one numpy default_rng(DIGITS_SPLIT_SEED) permutes each class's
+  indices in turn (classes 0..9); the first floor(2n/3) of a class's n images go to train,
+  the rest to test. Both splits keep load_digits' order, so 1797 images in all.
+  """
+  from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
+  digits = load_digits()
+  images = digits_to_uint8(digits.images)[..., None]
+  labels = np.asarray(digits.target, np.int64)
+  train_index, test_index = digits_split(labels)
+  return RawSplits(images[train_index], labels[train_index], images[test_index],
+                   labels[test_index])
+
+
+def digits_to_uint8(values: np.ndarray) -> np.ndarray:
+  """Grey levels 0..16 -> 0..255 uint8: round(v * 255 / 16)."""
+  return np.round(np.asarray(values, np.float64) * 255 / 16).astype(np.uint8)
+
+
+def digits_split(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(train, test) sorted indices: per class a seeded permutation, its first 2/3 to train."""
+  rng = np.random.default_rng(DIGITS_SPLIT_SEED)
+  train, test = [], []
+  for label in range(10):
+    index = rng.permutation(np.flatnonzero(labels == label))
+    n_train = 2 * len(index) // 3
+    train.append(index[:n_train])
+    test.append(index[n_train:])
+  return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
 # --- CIFAR-10 python pickles -------------------------------------------------------------

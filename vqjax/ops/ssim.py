@@ -56,7 +56,7 @@ def blur(x: jnp.ndarray, taps: np.ndarray) -> jnp.ndarray:
   return _blur_axis(_blur_axis(x, taps, axis=1), taps, axis=2)
 
 
-def ssim_map(
+def ssim_terms(
     x: jnp.ndarray,
     y: jnp.ndarray,
     *,
@@ -67,12 +67,14 @@ def ssim_map(
     k2: float = 0.03,
     data_range: float = 1.0,
     sample_covariance: bool = False,
-) -> jnp.ndarray:
-  """Per-pixel, per-channel SSIM of images x, y [B,H,W,C] -> [B,H,W,C] (float32 or float64).
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """The two factors of SSIM per pixel and channel, (luminance, contrast_structure), each
+  [B,H,W,C] for images x, y [B,H,W,C] (float32, or float64 for float64 inputs).
 
-  C1 = (k1 L)^2, C2 = (k2 L)^2 with L = data_range (the paper's c1=0.01, c2=0.03 are these
-  K1, K2). `sample_covariance` rescales (co)variances by N/(N-1), N = window_size^2, as
-  scikit-image does when use_sample_covariance=True.
+  luminance = (2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1); contrast_structure =
+  (2 cov_xy + C2) / (var_x + var_y + C2), Wang et al.'s c * s with C3 = C2 / 2. C1 = (k1 L)^2,
+  C2 = (k2 L)^2 with L = data_range. `sample_covariance` rescales (co)variances by N/(N-1),
+  N = window_size^2, as scikit-image does when use_sample_covariance=True.
   """
   taps = window_taps(window, window_size, sigma)
   compute_dtype = jnp.promote_types(jnp.result_type(x, y), jnp.float32)  # float64 stays float64
@@ -93,6 +95,14 @@ def ssim_map(
   mu_x, mu_y = mc_x + x_offset, mc_y + y_offset
   c1 = (k1 * data_range) ** 2
   c2 = (k2 * data_range) ** 2
-  numerator = (2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)
-  denominator = (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
-  return numerator / denominator
+  luminance = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)
+  contrast_structure = (2 * cov_xy + c2) / (var_x + var_y + c2)
+  return luminance, contrast_structure
+
+
+def ssim_map(x: jnp.ndarray, y: jnp.ndarray, **kwargs) -> jnp.ndarray:
+  """Per-pixel, per-channel SSIM of images x, y [B,H,W,C] -> [B,H,W,C]: luminance times
+  contrast-structure of `ssim_terms` (same keyword arguments; the paper's c1=0.01, c2=0.03
+  are its k1, k2)."""
+  luminance, contrast_structure = ssim_terms(x, y, **kwargs)
+  return luminance * contrast_structure
