@@ -1,7 +1,8 @@
 """Optimizers from a config block (config.train, config.prior_train, a method's own block).
 
 Keys (missing ones take these defaults, which are plain Adam at a constant rate):
-  optimizer "adam" | "adamw";  learning_rate;  b1 0.9;  b2 0.999;  weight_decay 0.0 (adamw);
+  optimizer "adam" | "adamw" | "adam_l2" (torch's Adam(weight_decay=...): the decay is added to
+    the gradient before Adam's scaling, not decoupled as in adamw);  learning_rate;  b1 0.9;  b2 0.999;  weight_decay 0.0 (adamw, adam_l2);
   schedule "constant" | "cosine" | "polynomial";  warmup_steps 0;  decay_power 1.0 and
   end_learning_rate 0.0 (polynomial; cosine decays to end_learning_rate too);
   frozen_params (): top-level parameter names that get no updates.
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import optax
 
-OPTIMIZERS = ("adam", "adamw")
+OPTIMIZERS = ("adam", "adamw", "adam_l2")
 SCHEDULES = ("constant", "cosine", "polynomial")
 DEFAULTS = {"optimizer": "adam", "b1": 0.9, "b2": 0.999, "weight_decay": 0.0,
             "schedule": "constant", "warmup_steps": 0, "decay_power": 1.0,
@@ -51,6 +52,9 @@ def make_optimizer(opt_config, num_steps: int) -> optax.GradientTransformation:
     tx = optax.adam(lr, b1=b1, b2=b2)
   elif name == "adamw":
     tx = optax.adamw(lr, b1=b1, b2=b2, weight_decay=_get(opt_config, "weight_decay"))
+  elif name == "adam_l2":
+    tx = optax.chain(optax.add_decayed_weights(_get(opt_config, "weight_decay")),
+                     optax.adam(lr, b1=b1, b2=b2))
   else:
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
   frozen = tuple(_get(opt_config, "frozen_params"))

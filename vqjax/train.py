@@ -51,6 +51,7 @@ class PeriodicHook:
   every: int
   fn: Callable[[Any, Any, np.ndarray], Any]
   name: str = "hook"
+  at_start: bool = False  # also once on the freshly initialised state (not on a resume)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,6 +260,9 @@ def run_training(program: TrainProgram, config, train_data: np.ndarray, workdir:
   latest = manager.latest_step()
   if latest is None:
     state = jax.jit(init_fn, out_shardings=replicated)(init_key)
+    for hook in program.hooks:
+      if hook.at_start:
+        state = hook.fn(state, frozen, train_data)
   else:
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),

@@ -3,10 +3,12 @@ check_config, fit, predict, run_info, variants)."""
 from __future__ import annotations
 
 from vqjax.methods.favae import FAVAEMethod
+from vqjax.methods.igd import IGDMethod
 from vqjax.methods.latent_resampling import LatentResampling
 from vqjax.methods.vqvae_ssim import VQVAESSIM
 
-METHODS = {"vqvae_ssim": VQVAESSIM, "vqvae_resample": LatentResampling, "favae": FAVAEMethod}
+METHODS = {"vqvae_ssim": VQVAESSIM, "vqvae_resample": LatentResampling, "favae": FAVAEMethod,
+           "igd": IGDMethod}
 
 
 def get_method(config, num_channels: int):
