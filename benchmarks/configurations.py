@@ -11,7 +11,7 @@ PRESETS = {
                 repeats=20, warmup=3),
     "smoke": dict(config="smoke", batches=(1, 4), train_batches=(4,), repeats=3, warmup=1),
 }
-PARTS = ("inference", "train", "ssim", "favae")
+PARTS = ("inference", "train", "ssim", "favae", "igd")
 # part -> [(variant key, label, precision)]; report.py's ratios refer to these keys.
 VARIANTS = {
     "inference": [
@@ -39,6 +39,15 @@ VARIANTS = {
         ("torch_eager_fp32", "torch FAVAE eager fp32 (reference)", "fp32"),
         ("torch_eager_bf16_cl", "torch FAVAE eager bf16 AMP + channels_last", "bf16"),
         ("torch_compile_bf16_cl", "torch FAVAE torch.compile bf16 AMP + channels_last", "bf16"),
+    ],
+    # IGD inference (configs/mvtec_igd.py preset of the same name): global and local
+    # autoencoders -> MS-SSIM, MAE and GSVDD maps and scores (Eq. 11, 12).
+    "igd": [
+        ("vqjax_fp32", "vqjax IGD jit fp32", "fp32"),
+        ("vqjax_bf16", "vqjax IGD jit bf16", "bf16"),
+        ("torch_eager_fp32", "torch IGD eager fp32 (reference)", "fp32"),
+        ("torch_eager_bf16_cl", "torch IGD eager bf16 AMP + channels_last", "bf16"),
+        ("torch_compile_bf16_cl", "torch IGD torch.compile bf16 AMP + channels_last", "bf16"),
     ],
 }
 # --fp32-precision -> jax_default_matmul_precision (convs and dots without explicit precision)

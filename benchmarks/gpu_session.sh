@@ -7,6 +7,7 @@
 #                                               # the demo data, then times the resampling stage
 #   bash benchmarks/gpu_session.sh profile      # jax.profiler trace + optimised HLO of predict
 #   bash benchmarks/gpu_session.sh favae        # FAVAE inference rows (paper size) vs PyTorch
+#   bash benchmarks/gpu_session.sh igd          # IGD inference rows (paper size) vs PyTorch
 #
 # then, back on the development machine, with both JSONs copied into benchmarks/results/:
 #   python -m benchmarks.results_md --throughput benchmarks/results/paper_<gpu>.json \
@@ -18,7 +19,7 @@
 # device tool's output folder), are copied there. VQJAX_GPU_SESSION_SMOKE=1 runs every part
 # at toy sizes on any machine (a check of this script, not a measurement).
 set -euo pipefail
-part="${1:?usage: bash benchmarks/gpu_session.sh throughput|resampling|profile|favae}"
+part="${1:?usage: bash benchmarks/gpu_session.sh throughput|resampling|profile|favae|igd}"
 cd "$(dirname "$0")/.."
 
 if compgen -G ".whl/*.whl" > /dev/null; then
@@ -52,6 +53,14 @@ case "$part" in
       --parts favae --compile-budget-s 200 --out-dir "$results/favae" \
       $([[ "$smoke" == 1 ]] && echo "--batches 1,2 --repeats 2 --warmup 1 --no-torch-compile")
     ;;
+  igd)
+    # Its own call and folder; batches 1, 8, 32 (a 256 px image is also 225 local patches of
+    # 32 px: batch 32 is 7200 patches). torch.compile stops after 200 s.
+    python -m benchmarks.run --preset "$([[ "$smoke" == 1 ]] && echo smoke || echo paper)" \
+      --parts igd --compile-budget-s 200 --out-dir "$results/igd" \
+      $([[ "$smoke" == 1 ]] && echo "--batches 1,2 --repeats 2 --warmup 1 --no-torch-compile" \
+        || echo "--batches 1,8,32")
+    ;;
   resampling)
     if [[ "$smoke" == 1 ]]; then
       python -m benchmarks.bench_resampling --config configs/mvtec_vq_resample.py:smoke \
@@ -71,7 +80,7 @@ case "$part" in
       $([[ "$smoke" == 1 ]] && echo "--config configs/mvtec_vq.py:smoke --batch 2")
     ;;
   *)
-    echo "unknown part '$part': expected throughput, resampling, profile or favae" >&2
+    echo "unknown part '$part': expected throughput, resampling, profile, favae or igd" >&2
     exit 2
     ;;
 esac

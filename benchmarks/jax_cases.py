@@ -134,7 +134,8 @@ def _aot(jitted, args, holder: dict):
 def inference(method, variables, host_batches, device,
               collections=("params", "batch_stats")) -> Workload:
   """method.predict as one jitted program (VQ-VAE SSIM: model -> reconstruction -> SSIM and
-  SSIM+AM maps; FAVAE, with collections + ('frozen',): VAE + VGG16 -> log-density maps)."""
+  SSIM+AM maps; FAVAE, with collections + ('frozen',): VAE + VGG16 -> log-density maps; IGD,
+  collections ('params', 'model_state', 'gsvdd'): autoencoders -> MS-SSIM / GSVDD maps)."""
   params = jax.device_put({k: variables[k] for k in collections}, device)
   batches = [jax.device_put(b, device) for b in host_batches]
   holder = {}
@@ -218,3 +219,24 @@ def favae_variables(method, image_shape, seed: int = 0) -> dict:
                           jax.ShapeDtypeStruct((1, *image_shape[:2], 3), jnp.float32))
   variables["frozen"] = random_fill(shapes, seed + 1)
   return variables
+
+
+def igd_method(config, dtype: str, num_channels: int):
+  """The IGD method of `config` (global and, with model.local, local models) with
+  model.dtype = dtype."""
+  from vqjax.methods.igd import IGDMethod
+  config = config.copy_and_resolve_references()
+  config.model.dtype = dtype
+  return IGDMethod.from_config(config, num_channels=num_channels)
+
+
+def igd_variables(method, seed: int = 0) -> dict:
+  """Host variables for IGD's predict: parameters and BatchNorm statistics filled by
+  `random_fill`, GSVDD centres N(0, 1) and sigma^2 = d_z (1 - h neither 0 nor 1)."""
+  params, model_state = random_fill(jax.eval_shape(method.init_variables, jax.random.key(0)),
+                                    seed)
+  rng = np.random.default_rng(seed + 1)
+  latent = method.autoencoders[0].latent_dim
+  gsvdd = {s: {"center": rng.standard_normal(latent).astype(np.float32),
+               "sigma2": np.float32(latent)} for s in method.scales}
+  return {"params": params, "model_state": model_state, "gsvdd": gsvdd}

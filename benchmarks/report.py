@@ -130,6 +130,15 @@ def favae_table(results: list[dict]) -> list[str]:
        for r in _rows(results, "favae")])
 
 
+def igd_table(results: list[dict]) -> list[str]:
+  return markdown_table(
+      ["variant", "batch", *TIMING_HEADER, "max \\|Δ map\\| vs vqjax fp32",
+       "× torch.compile bf16", "× torch eager bf16 AMP"],
+      [[r["label"], str(r["batch"]), *_timing_cells(r), _agreement(r, "max_abs_diff"),
+        _ratio_cell(r, COMPILE_BF16), _ratio_cell(r, EAGER_AMP)]
+       for r in _rows(results, "igd")])
+
+
 def resampling_table(rows: list[dict]) -> list[str]:
   """Table of benchmarks.bench_resampling rows."""
   def speedup(r, other):
@@ -211,6 +220,9 @@ def render(data: dict) -> str:
   if "favae" in parts:
     lines += ["", "## FAVAE inference: VAE + VGG16 → merged log-density map", "",
               f"- model: {data['settings'].get('favae_model')}", "", *favae_table(results)]
+  if "igd" in parts:
+    lines += ["", "## IGD inference: global + local autoencoders → MS-SSIM / GSVDD map", "",
+              f"- model: {data['settings'].get('igd_model')}", "", *igd_table(results)]
   if "inference" in parts:
     lines += ["", "## Inference: model → reconstruction → SSIM and SSIM+AM maps", "",
               *inference_table(results)]

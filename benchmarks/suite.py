@@ -17,7 +17,7 @@ import torch
 
 from benchmarks import environment, harness, jax_cases, report, torch_cases
 from benchmarks.configurations import JAX_PRECISION, PARTS, PRESETS, VARIANTS
-from configs import mvtec_favae, mvtec_vq
+from configs import mvtec_favae, mvtec_igd, mvtec_vq
 from vqjax.report import write_json, write_text
 
 NUM_CHANNELS = 3  # RGB, as MVTec-AD
@@ -75,6 +75,9 @@ def comparable(part: str, variant: str, output):
   if part == "favae":
     out = output["maps"]["favae"] if is_jax else output["favae"].float().cpu()
     return np.asarray(out, np.float32)
+  if part == "igd":  # the main variant's map (Eq. 12)
+    out = output["maps"]["igd"]
+    return np.asarray(out if is_jax else out.float().cpu(), np.float32)
   if is_jax:
     return {k: np.asarray(output["maps"][k], np.float32) for k in ("ssim", "ssim_am")}
   return torch_cases.maps_to_numpy(output)
@@ -99,6 +102,7 @@ class Bench:
     self.compile_seconds = 0.0
     self.reference = {}  # part -> vqjax fp32 values on the first input batch
     self._favae = None  # built on first use: (methods, variables, torch models, image size)
+    self._igd = None  # the same for IGD
 
   def favae(self):
     """FAVAE's methods, variables and torch twins (configs/mvtec_favae.py, same preset)."""
@@ -114,8 +118,22 @@ class Bench:
                          config=config)
     return self._favae
 
+  def igd(self):
+    """IGD's methods, variables and torch twin (configs/mvtec_igd.py, same preset)."""
+    if self._igd is None:
+      config = mvtec_igd.get_config(self.s["config_preset"])
+      methods = {p: jax_cases.igd_method(config, dtype, NUM_CHANNELS)
+                 for p, dtype in (("fp32", "float32"), ("bf16", "bfloat16"))}
+      variables = jax_cases.igd_variables(methods["fp32"], self.s["seed"])
+      model = torch_cases.igd_models(config, variables, self.torch_device)
+      self._igd = dict(methods=methods, variables=variables, model=model,
+                       image_size=config.data.image_size, config=config)
+    return self._igd
+
   def part_image_size(self, part: str) -> int:
-    return self.favae()["image_size"] if part == "favae" else self.image_size
+    if part == "favae":
+      return self.favae()["image_size"]
+    return self.igd()["image_size"] if part == "igd" else self.image_size
 
   def build(self, part: str, variant: str, precision: str, inputs) -> harness.Workload:
     framework, kind = variant.split("_", 1)
@@ -126,6 +144,13 @@ class Bench:
                                    self.jax_device, ("params", "batch_stats", "frozen"))
       return torch_cases.favae_inference(kind, f["models"], inputs, self.torch_device,
                                          compile_mode=self.s["compile_mode"])
+    if part == "igd":
+      g = self.igd()
+      if framework == "vqjax":
+        return jax_cases.inference(g["methods"][precision], g["variables"], inputs,
+                                   self.jax_device, ("params", "model_state", "gsvdd"))
+      return torch_cases.igd_inference(kind, g["model"], g["config"], inputs, self.torch_device,
+                                       compile_mode=self.s["compile_mode"])
     if framework == "vqjax":
       method = self.methods[precision]
       if part == "inference":
@@ -194,7 +219,7 @@ class Bench:
       return {}
     if part == "train":
       return {"loss": values, "loss_diff": abs(values - ref)}
-    if part == "ssim":
+    if part in ("ssim", "igd"):  # IGD's maps are in [0, 1]
       return {"max_abs_diff": float(np.max(np.abs(values - ref)))}
     if part == "favae":  # sums of hundreds of channel log-densities: relative to the largest
       return {"max_rel_diff": float(np.max(np.abs(values - ref)) / (np.max(np.abs(ref)) or 1.0))}
@@ -252,6 +277,15 @@ def main(args: argparse.Namespace, argv: list[str], runtime: dict) -> dict:
     settings["favae_model"] = (f"configs/mvtec_favae.py:{settings['config_preset']} — width "
                                f"{f.model.width}, latent {f.model.latent_dim}, VGG16 (7, 14, 21), "
                                f"images {f.data.image_size}x{f.data.image_size}x3")
+  if "igd" in settings["parts"]:
+    g = bench.igd()["config"]
+    settings["igd_model"] = (
+        f"configs/mvtec_igd.py:{settings['config_preset']} — global widths "
+        f"{list(g.model.global_encoder_widths)} / {list(g.model.global_decoder_widths)}, "
+        + (f"local widths {list(g.model.local_encoder_widths)} / "
+           f"{list(g.model.local_decoder_widths)} on {g.model.local_size} px patches every "
+           f"{g.model.local_stride} px, " if g.model.local else "no local model, ")
+        + f"d_z {g.model.latent_dim}, images {g.data.image_size}x{g.data.image_size}x3")
   log(f"benchmarks: preset {settings['preset']} on {device} ({bench.jax_device.device_kind}); "
       f"{settings['model']}")
   env = environment.collect(argv, bench.jax_device, torch_device, {

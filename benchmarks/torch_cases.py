@@ -220,6 +220,38 @@ def favae_inference(variant: str, models, host_batches, device, *,
                   close=batches.clear)
 
 
+def igd_models(config, variables, device: torch.device):
+  """The torch IGD twin of `config` with vqjax's IGD variables copied in (eval mode)."""
+  from benchmarks.torch_reference import igd as tigd
+  from benchmarks.torch_reference.convert import igd_parameter_mapping
+  model = load_flax_variables(tigd.IGD.from_config(config), variables, igd_parameter_mapping)
+  return model.to(device).eval()
+
+
+def igd_inference(variant: str, model, config, host_batches, device, *,
+                  compile_mode: str = "default") -> Workload:
+  """variant: 'eager_fp32' | 'eager_bf16_cl' | 'compile_bf16_cl' (as `inference`): the
+  twin's `anomaly_outputs`, autoencoders under bf16 autocast in the AMP variants."""
+  from benchmarks.torch_reference import igd as tigd
+  if variant not in ("eager_fp32", "eager_bf16_cl", "compile_bf16_cl"):
+    raise ValueError(f"unknown torch IGD variant {variant!r}")
+  channels_last = variant != "eager_fp32"
+  net = _model_copy(model, channels_last).eval()
+  batches = [_to_torch(b, device, channels_last) for b in host_batches]
+  autocast = None if variant == "eager_fp32" else torch.bfloat16
+  fn = lambda x: tigd.anomaly_outputs(net, x, config, autocast_dtype=autocast)
+  if variant == "compile_bf16_cl":
+    torch._dynamo.reset()
+    fn = torch.compile(fn, mode=compile_mode, dynamic=False)
+
+  def run(i):
+    with torch.inference_mode():
+      return fn(batches[i % len(batches)])
+
+  return Workload(run=run, sync=_sync_fn(device), memory=TorchMemoryProbe(device),
+                  close=batches.clear)
+
+
 def maps_to_numpy(output) -> dict:
   """Maps of a torch pipeline output -> NumPy [B,H,W] float32 (for the agreement check)."""
   return {k: output[k].float().cpu().numpy() for k in ("ssim", "ssim_am")}

@@ -23,7 +23,7 @@ from benchmarks.torch_reference.train import make_train_step, vqvae_ssim_loss
 from configs import mvtec_vq
 
 REPO = Path(__file__).resolve().parents[1]
-BATCHES = {"inference": [1, 2], "ssim": [1, 2], "train": [2], "favae": [1, 2]}
+BATCHES = {"inference": [1, 2], "ssim": [1, 2], "train": [2], "favae": [1, 2], "igd": [1, 2]}
 
 
 @pytest.fixture(scope="module")
@@ -93,12 +93,15 @@ def test_agreement_with_vqjax_fp32(smoke_run):
   # FAVAE maps (~1e3, sums of channel log-densities): the torch twin within 1e-5 of their scale.
   assert rows[("favae", "torch_eager_fp32")]["agreement"]["max_rel_diff"] < 1e-5
   assert rows[("favae", "vqjax_bf16")]["agreement"]["max_rel_diff"] < 0.1
+  # IGD maps (in [0, 1]; measured 5e-7 fp32, 0.015 bf16).
+  assert rows[("igd", "torch_eager_fp32")]["agreement"]["max_abs_diff"] < 1e-4
+  assert rows[("igd", "vqjax_bf16")]["agreement"]["max_abs_diff"] < 0.1
 
 
 def test_markdown_tables_and_printed_last(smoke_run):
   data, markdown, stdout = smoke_run
   for heading in ("Batch-1 latency", "Training step", "SSIM map alone", "FAVAE inference",
-                  "Inference"):
+                  "IGD inference", "Inference"):
     assert heading in markdown
   for part, specs in VARIANTS.items():
     for _, label, _ in specs:

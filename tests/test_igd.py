@@ -320,3 +320,47 @@ def test_cli_runs_igd_end_to_end_on_mvtec_layout(tmp_path):
   for variant in ("igd", "igd_reconstruction"):
     assert metrics[variant]["per_image_pixel_auroc"] is not None
     check_against_arrays(metrics[variant], arrays, variant, "mean", min_area=4)
+
+
+def test_cli_runs_igd_one_vs_rest_on_mnist_idx_files(tmp_path):
+  """configs/one_vs_rest_igd.py:smoke on MNIST idx files (the real on-disk format), one class;
+  image AUROC of the method's own Eq. 11 score (the sweep table: test_presets.py)."""
+  from test_readers import _write_idx_set
+  from sklearn.metrics import roc_auc_score
+  rng = np.random.default_rng(0)
+  _write_idx_set(tmp_path / "mnist", rng, compress=True)
+  workdir = tmp_path / "runs" / "{category}"
+  out = subprocess.run(
+      [sys.executable, "-m", "vqjax.main", "--config", "configs/one_vs_rest_igd.py:smoke",
+       "--config.data.dataset=mnist", f"--config.data.root={tmp_path / 'mnist'}",
+       "--config.data.category=3", f"--config.workdir={workdir}",
+       "--config.eval.save_arrays=True", "--config.data.val_fraction=0.34"],
+      capture_output=True, text=True, timeout=1200)
+  assert out.returncode == 0, out.stderr[-3000:]
+  metrics = json.loads((tmp_path / "runs" / "3" / "metrics.json").read_text())
+  assert metrics["run"]["igd"]["scales"] == ["global"]
+  assert metrics["igd"]["pixel_auroc"] is None  # no pixel truth
+  arrays = np.load(tmp_path / "runs" / "3" / "eval_arrays.npz")
+  assert metrics["igd"]["image_auroc"] == pytest.approx(
+      roc_auc_score(arrays["labels"], arrays["score_igd"]), abs=1e-12)
+  assert metrics["run"]["num_images"]["test"] == 10
+
+
+def test_table_5_switches():
+  """gsvdd off: no E-step hook and the image score is l_m alone; interpolate off: no critic
+  term (its loss is 0 and its parameters get no gradient)."""
+  config = _config(**{"model.kd_teacher": "none", "model.local": False, "loss.gsvdd": False,
+                      "loss.interpolate": False})
+  validate_config(config)
+  method = get_method(config, 3)
+  assert method.main_program(config.train, 10, 5, None).hooks == ()
+  params, model_state = method.init_variables(jax.random.key(0))
+  variables = {"params": params, "model_state": model_state,
+               "gsvdd": {"global": {"center": jnp.zeros(8), "sigma2": jnp.float32(1.0)}}}
+  out = method.predict(variables, jnp.asarray(_images(2)))
+  np.testing.assert_array_equal(out["scores"]["igd"], out["scores"]["igd_reconstruction"])
+  x = method.scale_inputs(jnp.asarray(_images(2)))["global"]
+  grads = jax.grad(lambda p: method.scale_loss("global", p, model_state["global"]["batch_stats"],
+                                               variables["gsvdd"]["global"], x,
+                                               jax.random.key(1), False)[0])(params["global"])
+  assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads["critic"]))

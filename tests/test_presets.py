@@ -482,3 +482,22 @@ def test_sweep_table_shows_our_value_of_every_metric_a_paper_reports():
   assert cells["resample PRO @thr"] == "0.5000" and cells["resample paper (pro)"] == "0.47"
   assert cells["resample pixel F1 @thr"] == "0.3000" and cells["resample paper (pixel f1)"] == "0.33"
   assert cells["resample paper (image accuracy)"] == "0.71"
+
+
+def test_igd_sweep_table_has_the_mean_per_image_pixel_auroc():
+  """Table 4 reports the mean of per-anomalous-image pixel AUROCs: the IGD sweep table shows
+  ours (named so, not the pooled one) beside it, and Table 1's means on one-vs-rest sets."""
+  from vqjax.report import results_tables
+  ours = {"pixel_auroc": 0.9, "image_auroc": 0.8, "au_pro": 0.7, "image_accuracy": 0.6,
+          "per_image_pixel_auroc": 0.55}
+  md, _ = results_tables({"carpet": {"igd": ours, "baselines": {"mean_image": ours}}},
+                         ["igd"], "mvtec")
+  header, _, *rows = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()]
+  mean = dict(zip(header, rows[-1]))
+  assert mean["igd paper (per image pixel auroc)"] == "0.91"
+  assert mean["igd paper (image auroc)"] == "0.901"
+  assert any(k.startswith("igd") and "per-image" in k.lower() for k in header), header
+  md, _ = results_tables({"3": {"igd": ours, "baselines": {"mean_image": ours}}}, ["igd"],
+                         "mnist")
+  header, _, *rows = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()]
+  assert dict(zip(header, rows[-1]))["igd paper (image auroc)"] == "0.9912"

@@ -72,7 +72,7 @@ def load_data(config) -> tuple[data.Dataset, str]:
     raise UserInputError(f"config.data (dataset={config.data.dataset!r}, "
                          f"category={config.data.category!r}, root={config.data.root!r}): {e}") from e
   if config.data.root is None:
-    logger.info("data.root is unset: using the %s", source)
+    logger.info("data.root is unset: using %s", source)
   return dataset, source
 
 

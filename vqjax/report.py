@@ -211,9 +211,11 @@ def _mean(values):
 
 
 def _paper_cell(value: float) -> str:
-  """A published number as printed (2 or 3 decimals: 0.95, 0.953)."""
-  text = f"{value:.3f}"
-  return text[:-1] if text.endswith("0") else text
+  """A published number as printed (2 to 4 decimals: 0.95, 0.953, 0.9912)."""
+  text = f"{value:.4f}"
+  while text.endswith("0") and len(text.split(".")[1]) > 2:
+    text = text[:-1]
+  return text
 
 
 def results_tables(per_category: dict[str, dict], variants: list[str], dataset: str

@@ -6,6 +6,10 @@ Weight mapping (Flax path under 'params' / 'batch_stats' -> torch state_dict nam
                                              transpose(3,2,0,1), NO spatial flip (below)
   BatchNorm scale, bias / mean, var       -> weight, bias / running_mean, running_var
   codebook [K,D]                          -> codebook.weight [K,D]
+  Dense kernel [I,O]                      -> Linear weight [O,I]: transposed
+  LayerNorm scale, bias                   -> weight, bias (per channel)
+IGD's variables keep BatchNorm statistics under 'model_state' and the GSVDD centre and
+sigma^2 under 'gsvdd' (torch buffers); igd_parameter_mapping names those paths.
 Why no flip: with transpose_kernel=True, Flax stores the kernel of the forward conv whose
 gradient the layer computes (HWIO with I = the layer's output channels) and lax flips it
 itself. torch's ConvTranspose2d weight [Cin,Cout,kH,kW] is that same forward conv's OIHW
@@ -25,7 +29,7 @@ from benchmarks.torch_reference.vqvae import VQVAE
 
 # Training-only state of vqjax methods that the forward pass never reads.
 IGNORED_COLLECTIONS = ("vq_stats",)
-_COLLECTIONS = ("params", "batch_stats")
+_COLLECTIONS = ("params", "batch_stats", "model_state", "gsvdd")
 
 Transform = Callable[[np.ndarray], np.ndarray]
 
@@ -50,11 +54,27 @@ def _conv(flax_path: str, torch_name: str, kernel_fn: Transform = conv_kernel_to
   yield f"params/{flax_path}/bias", f"{torch_name}.bias", _same
 
 
-def _batch_norm(flax_path: str, torch_name: str):
+def dense_kernel_to_torch(kernel: np.ndarray) -> np.ndarray:
+  """Flax Dense kernel [I,O] -> torch Linear weight [O,I]."""
+  return kernel.T
+
+
+def _dense(flax_path: str, torch_name: str):
+  yield from _conv(flax_path, torch_name, dense_kernel_to_torch)
+
+
+def _batch_norm(flax_path: str, torch_name: str, stats_path: str | None = None):
+  """stats_path: where the running statistics are (default batch_stats/<flax_path>)."""
+  stats_path = stats_path or f"batch_stats/{flax_path}"
   yield f"params/{flax_path}/scale", f"{torch_name}.weight", _same
   yield f"params/{flax_path}/bias", f"{torch_name}.bias", _same
-  yield f"batch_stats/{flax_path}/mean", f"{torch_name}.running_mean", _same
-  yield f"batch_stats/{flax_path}/var", f"{torch_name}.running_var", _same
+  yield f"{stats_path}/mean", f"{torch_name}.running_mean", _same
+  yield f"{stats_path}/var", f"{torch_name}.running_var", _same
+
+
+def _layer_norm(flax_path: str, torch_name: str):
+  yield f"params/{flax_path}/scale", f"{torch_name}.weight", _same
+  yield f"params/{flax_path}/bias", f"{torch_name}.bias", _same
 
 
 def _residual(flax_path: str, torch_name: str):
@@ -108,6 +128,57 @@ def favae_parameter_mapping(model) -> Iterator[tuple[str, str, Transform]]:
     yield f"params/log_var_features_{i}", f"log_var_features.{i}", _same
 
 
+def _igd_norm(module, flax_path: str, torch_name: str, stats_path: str):
+  if isinstance(module, nn.BatchNorm2d):
+    yield from _batch_norm(flax_path, torch_name, stats_path)
+  else:
+    yield from _layer_norm(flax_path, torch_name)
+
+
+def _igd_network(network, flax_path: str, torch_name: str, stats_path: str):
+  """An IGD encoder, decoder or critic: its blocks, and every other child by its own name
+  (Conv2d, Linear, BatchNorm2d or ChannelLayerNorm; the Flax layer has the same name)."""
+  for name, child in network.named_children():
+    if name == "blocks":
+      for i, block in enumerate(child):
+        yield from _igd_block(block, f"{flax_path}/block_{i}", f"{torch_name}.blocks.{i}",
+                              f"{stats_path}/block_{i}")
+    elif isinstance(child, nn.Conv2d):
+      yield from _conv(f"{flax_path}/{name}", f"{torch_name}.{name}")
+    elif isinstance(child, nn.Linear):
+      yield from _dense(f"{flax_path}/{name}", f"{torch_name}.{name}")
+    else:
+      yield from _igd_norm(child, f"{flax_path}/{name}", f"{torch_name}.{name}",
+                           f"{stats_path}/{name}")
+
+
+def _igd_block(block, flax_path: str, torch_name: str, stats_path: str):
+  for name in ("norm_0", "norm_1"):
+    yield from _igd_norm(getattr(block, name), f"{flax_path}/{name}", f"{torch_name}.{name}",
+                         f"{stats_path}/{name}")
+  for name in ("conv_0", "conv_1") + (("shortcut",) if block.shortcut is not None else ()):
+    yield from _conv(f"{flax_path}/{name}", f"{torch_name}.{name}")
+
+
+def igd_parameter_mapping(model) -> Iterator[tuple[str, str, Transform]]:
+  """The same for `benchmarks.torch_reference.igd.IGD` and an IGDMethod's variables
+  {'params': {scale: {'autoencoder', 'critic'}}, 'model_state': {scale: {'batch_stats'}},
+  'gsvdd': {scale: {'center', 'sigma2'}}}: torch modules carry the Flax layer names
+  (<scale>/autoencoder/encoder/block_<i>/conv_0 ->
+  scales.<scale>.autoencoder.encoder.blocks.<i>.conv_0)."""
+  for scale, part in model.scales.items():
+    torch_name, stats = f"scales.{scale}", f"model_state/{scale}/batch_stats"
+    ae, ae_name = f"{scale}/autoencoder", f"{torch_name}.autoencoder"
+    for network in ("encoder", "decoder"):
+      yield from _igd_network(getattr(part.autoencoder, network), f"{ae}/{network}",
+                              f"{ae_name}.{network}", f"{stats}/{network}")
+    yield from _dense(f"{ae}/to_latent", f"{ae_name}.to_latent")
+    yield from _igd_network(part.critic, f"{scale}/critic", f"{torch_name}.critic",
+                            f"{stats}/critic")  # LayerNorms only: no statistics
+    yield f"gsvdd/{scale}/center", f"{torch_name}.center", _same
+    yield f"gsvdd/{scale}/sigma2", f"{torch_name}.sigma2", _same
+
+
 def vgg16_parameter_mapping(features) -> Iterator[tuple[str, str, Transform]]:
   """vqjax's VGG16 (Conv_0 .. Conv_12) -> torchvision's `features` Sequential indices."""
   convs = [i for i, module in enumerate(features) if isinstance(module, nn.Conv2d)]
@@ -116,7 +187,8 @@ def vgg16_parameter_mapping(features) -> Iterator[tuple[str, str, Transform]]:
 
 
 def flatten_variables(variables: Mapping) -> dict[str, np.ndarray]:
-  """{'params': {...}, 'batch_stats': {...}} -> {'params/encoder/Conv_0/kernel': array, ...}.
+  """{'params': {...}, 'batch_stats': {...}} -> {'params/encoder/Conv_0/kernel': array, ...}
+  (IGD's 'model_state' and 'gsvdd' alike).
 
   Collections in IGNORED_COLLECTIONS are dropped; any other unknown collection is an error.
   """
@@ -165,7 +237,8 @@ def load_flax_variables(torch_model, variables: Mapping, mapping: Callable = par
   for flax_path, torch_name, transform in mapping:
     if flax_path not in flat or torch_name not in state:
       continue
-    value = np.ascontiguousarray(transform(flat[flax_path]).astype(np.float32))
+    # np.array, not ascontiguousarray: that makes scalars (IGD's sigma^2) 1-d.
+    value = np.array(transform(flat[flax_path]), dtype=np.float32, order="C")
     if value.shape != tuple(state[torch_name].shape):
       problems.append(f"shape mismatch {flax_path} {flat[flax_path].shape} -> {torch_name} "
                       f"expects {tuple(state[torch_name].shape)}, got {value.shape}")
