@@ -11,7 +11,9 @@ PRESETS = {
                 repeats=20, warmup=3),
     "smoke": dict(config="smoke", batches=(1, 4), train_batches=(4,), repeats=3, warmup=1),
 }
-PARTS = ("inference", "train", "ssim", "favae", "igd")
+PARTS = ("inference", "train", "ssim", "favae", "igd", "igd_train")
+# Parts timed at the preset's train_batches on uint8 batches (the train steps take uint8).
+TRAIN_PARTS = ("train", "igd_train")
 # part -> [(variant key, label, precision)]; report.py's ratios refer to these keys.
 VARIANTS = {
     "inference": [
@@ -48,6 +50,14 @@ VARIANTS = {
         ("torch_eager_fp32", "torch IGD eager fp32 (reference)", "fp32"),
         ("torch_eager_bf16_cl", "torch IGD eager bf16 AMP + channels_last", "bf16"),
         ("torch_compile_bf16_cl", "torch IGD torch.compile bf16 AMP + channels_last", "bf16"),
+    ],
+    # IGD's training step (the same config), JAX only: no PyTorch twin of the training step.
+    # Both scales' autoencoder and critic losses (Eq. 5-8), gradients, the two Adam updates;
+    # no distilled encoder, so the encoder trains too (after distillation it is frozen and
+    # fewer parameters train).
+    "igd_train": [
+        ("vqjax_fp32", "vqjax IGD jit train step fp32", "fp32"),
+        ("vqjax_bf16", "vqjax IGD jit train step bf16", "bf16"),
     ],
 }
 # --fp32-precision -> jax_default_matmul_precision (convs and dots without explicit precision)

@@ -8,6 +8,7 @@
 #   bash benchmarks/gpu_session.sh profile      # jax.profiler trace + optimised HLO of predict
 #   bash benchmarks/gpu_session.sh favae        # FAVAE inference rows (paper size) vs PyTorch
 #   bash benchmarks/gpu_session.sh igd          # IGD inference rows (paper size) vs PyTorch
+#   bash benchmarks/gpu_session.sh igd_train    # IGD train step rows (vqjax only: no torch twin)
 #
 # then, back on the development machine, with both JSONs copied into benchmarks/results/:
 #   python -m benchmarks.results_md --throughput benchmarks/results/paper_<gpu>.json \
@@ -19,7 +20,7 @@
 # device tool's output folder), are copied there. VQJAX_GPU_SESSION_SMOKE=1 runs every part
 # at toy sizes on any machine (a check of this script, not a measurement).
 set -euo pipefail
-part="${1:?usage: bash benchmarks/gpu_session.sh throughput|resampling|profile|favae|igd}"
+part="${1:?usage: bash benchmarks/gpu_session.sh throughput|resampling|profile|favae|igd|igd_train}"
 cd "$(dirname "$0")/.."
 
 if compgen -G ".whl/*.whl" > /dev/null; then
@@ -54,12 +55,19 @@ case "$part" in
       $([[ "$smoke" == 1 ]] && echo "--batches 1,2 --repeats 2 --warmup 1 --no-torch-compile")
     ;;
   igd)
-    # Its own call and folder; batches 1, 8, 32 (a 256 px image is also 225 local patches of
-    # 32 px: batch 32 is 7200 patches). torch.compile stops after 200 s.
+    # Its own call and folder; inference batches 1, 8, 32 (a 256 px image is also 225 local
+    # patches of 32 px: batch 32 is 7200 patches). torch.compile stops after 200 s.
     python -m benchmarks.run --preset "$([[ "$smoke" == 1 ]] && echo smoke || echo paper)" \
       --parts igd --compile-budget-s 200 --out-dir "$results/igd" \
       $([[ "$smoke" == 1 ]] && echo "--batches 1,2 --repeats 2 --warmup 1 --no-torch-compile" \
         || echo "--batches 1,8,32")
+    ;;
+  igd_train)
+    # Its own call (a separate folder, so the igd call's JSON survives a cut-off): the training
+    # step at the paper preset's train batches 32, 64, vqjax only.
+    python -m benchmarks.run --preset "$([[ "$smoke" == 1 ]] && echo smoke || echo paper)" \
+      --parts igd_train --out-dir "$results/igd_train" \
+      $([[ "$smoke" == 1 ]] && echo "--train-batches 2 --repeats 2 --warmup 1")
     ;;
   resampling)
     if [[ "$smoke" == 1 ]]; then
@@ -80,7 +88,7 @@ case "$part" in
       $([[ "$smoke" == 1 ]] && echo "--config configs/mvtec_vq.py:smoke --batch 2")
     ;;
   *)
-    echo "unknown part '$part': expected throughput, resampling, profile, favae or igd" >&2
+    echo "unknown part '$part': expected throughput, resampling, profile, favae, igd or igd_train" >&2
     exit 2
     ;;
 esac

@@ -1,4 +1,4 @@
-"""vqjax workloads: the jitted anomaly-map pipeline, the jitted train step, the SSIM map.
+"""vqjax workloads: the jitted anomaly-map pipeline, the jitted train steps, the SSIM map.
 
 Each builder places its own copy of the variables and of the input batches on the device
 (committed arrays, so every jitted call runs there) and compiles ahead of time, so the
@@ -240,3 +240,35 @@ def igd_variables(method, seed: int = 0) -> dict:
   gsvdd = {s: {"center": rng.standard_normal(latent).astype(np.float32),
                "sigma2": np.float32(latent)} for s in method.scales}
   return {"params": params, "model_state": model_state, "gsvdd": gsvdd}
+
+
+def igd_train(method, config, variables, host_batches_u8, device) -> Workload:
+  """IGDMethod.main_program's step, jitted with the state donated: both scales' autoencoder
+  and critic losses (Eq. 5-8), gradients, the two Adam updates (the E-step hook is not part
+  of it). distilled=None: the encoder trains too (a distilled one is frozen, so fewer
+  parameters train). Weights: `variables` (igd_variables, as the igd part's)."""
+  from vqjax.methods.igd import IGDState
+  program = method.main_program(config.train, config.train.num_steps, em_every=1,
+                                distilled=None)
+  # program.init's optimizer state alone: XLA drops the unused Flax init (a long CPU compile).
+  opt_state = jax.jit(lambda rng, example: program.init(rng, example).opt_state)(
+      jax.random.key(0), host_batches_u8[0][:1])
+  state = jax.device_put(IGDState(
+      step=jnp.zeros((), jnp.int32), params=variables["params"],
+      model_state=variables["model_state"], opt_state=opt_state, gsvdd=variables["gsvdd"]),
+      device)
+  batches = [jax.device_put(b, device) for b in host_batches_u8]
+  key = jax.device_put(jax.random.key(0), device)
+  jitted = jax.jit(program.step, donate_argnums=(0,))
+  holder = {"state": state}
+
+  def run(i):
+    holder["state"], metrics = holder["compiled"](holder["state"], batches[i % len(batches)], key)
+    return holder["state"], metrics
+
+  return Workload(
+      run=run, sync=jax.block_until_ready,
+      compile=_aot(jitted, (state, batches[0], key), holder),
+      memory=JaxMemoryProbe(device),
+      close=lambda: (holder.clear(), batches.clear()),
+      info=lambda: _program_info(holder.get("compiled")))

@@ -139,6 +139,14 @@ def igd_table(results: list[dict]) -> list[str]:
        for r in _rows(results, "igd")])
 
 
+def igd_train_table(results: list[dict]) -> list[str]:
+  """No torch rows to compare with: the ratio column says n/a."""
+  return markdown_table(
+      ["variant", "batch", *TIMING_HEADER, "loss at step 1", "× torch eager bf16 AMP"],
+      [[r["label"], str(r["batch"]), *_timing_cells(r), _agreement(r, "loss", "{:.6g}"),
+        _ratio_cell(r, EAGER_AMP)] for r in _rows(results, "igd_train")])
+
+
 def resampling_table(rows: list[dict]) -> list[str]:
   """Table of benchmarks.bench_resampling rows."""
   def speedup(r, other):
@@ -223,6 +231,11 @@ def render(data: dict) -> str:
   if "igd" in parts:
     lines += ["", "## IGD inference: global + local autoencoders → MS-SSIM / GSVDD map", "",
               f"- model: {data['settings'].get('igd_model')}", "", *igd_table(results)]
+  if "igd_train" in parts:
+    lines += ["", "## IGD training step: both scales' autoencoders and critics, two Adam updates",
+              "", "- no PyTorch twin of the training step: absolute figures only (torch "
+              "ratios n/a); the encoder trains too (no distilled encoder, which would be frozen)",
+              f"- model: {data['settings'].get('igd_model')}", "", *igd_train_table(results)]
   if "inference" in parts:
     lines += ["", "## Inference: model → reconstruction → SSIM and SSIM+AM maps", "",
               *inference_table(results)]

