@@ -9,6 +9,12 @@ import pytest
 
 from vqjax.ops import ms_ssim as ops
 
+# Jitted (keyword arguments static): eager op-by-op dispatch was most of these tests' time.
+_ms_ssim = jax.jit(ops.ms_ssim, static_argnames=("weights", "window_size", "sigma", "k1", "k2",
+                                                 "data_range"))
+_ms_ssim_map = jax.jit(ops.ms_ssim_map, static_argnames=("weights", "window_size", "sigma", "k1",
+                                                         "k2", "data_range"))
+
 
 def _gauss(size, sigma):
   g = np.exp(-0.5 * ((np.arange(size) - size // 2) / sigma) ** 2)
@@ -74,9 +80,9 @@ def test_ms_ssim_matches_float64_reference(weights, window, size):
   data_range = ops.normalized_range()
   x, y = x * data_range - 2.1179, y * data_range - 2.1179  # ImageNet-normalised-like values
   with jax.enable_x64(True):
-    ours64 = np.asarray(ops.ms_ssim(jnp.asarray(x, jnp.float64), jnp.asarray(y, jnp.float64),
+    ours64 = np.asarray(_ms_ssim(jnp.asarray(x, jnp.float64), jnp.asarray(y, jnp.float64),
                                     weights=weights, window_size=window, data_range=data_range))
-  ours32 = np.asarray(ops.ms_ssim(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32),
+  ours32 = np.asarray(_ms_ssim(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32),
                                   weights=weights, window_size=window, data_range=data_range))
   ref = [reference_ms_ssim(x[i], y[i], weights, window, data_range=data_range) for i in range(2)]
   np.testing.assert_allclose(ours64, ref, rtol=0, atol=1e-10)
@@ -97,7 +103,7 @@ def test_ms_ssim_matches_pytorch_msssim(weights, window, size, channels):
   theirs = torch_ms_ssim(torch.from_numpy(x.transpose(0, 3, 1, 2)),
                          torch.from_numpy(y.transpose(0, 3, 1, 2)), data_range=data_range,
                          size_average=False, win_size=window, weights=list(weights)).numpy()
-  ours = np.asarray(ops.ms_ssim(jnp.asarray(x), jnp.asarray(y), weights=weights,
+  ours = np.asarray(_ms_ssim(jnp.asarray(x), jnp.asarray(y), weights=weights,
                                 window_size=window, data_range=data_range))
   np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5)
 
@@ -118,7 +124,7 @@ def test_smallest_scale_must_hold_a_window():
     ops.ms_ssim_map(x, x, window_size=3)
   rng = np.random.default_rng(2)
   a, b = _pair(rng, (1, 33, 33, 1))
-  ours = float(ops.ms_ssim(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32),
+  ours = float(_ms_ssim(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32),
                            window_size=3)[0])
   assert ours == pytest.approx(reference_ms_ssim(a[0], b[0], ops.GLOBAL_WEIGHTS, 3), abs=1e-5)
 
@@ -128,11 +134,11 @@ def test_ms_ssim_map_properties():
   for a map-wide product of equal terms the map equals the scalar."""
   rng = np.random.default_rng(3)
   x = rng.uniform(0, 1, (1, 64, 64, 3)).astype(np.float32)
-  same = np.asarray(ops.ms_ssim_map(jnp.asarray(x), jnp.asarray(x), window_size=3))
+  same = np.asarray(_ms_ssim_map(jnp.asarray(x), jnp.asarray(x), window_size=3))
   np.testing.assert_allclose(same, 1.0, atol=1e-5)
   y = x.copy()
   y[:, 40:48, 8:16] = 1 - y[:, 40:48, 8:16]
-  m = np.asarray(ops.ms_ssim_map(jnp.asarray(x), jnp.asarray(y), window_size=3))[0]
+  m = np.asarray(_ms_ssim_map(jnp.asarray(x), jnp.asarray(y), window_size=3))[0]
   assert m.shape == (64, 64)
   assert m[40:48, 8:16].mean() < 0.7 and m[:24, 40:].min() > 0.95
 
@@ -141,15 +147,16 @@ def test_ms_ssim_is_differentiable():
   rng = np.random.default_rng(4)
   x, y = _pair(rng, (2, 33, 33, 3))
   x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
-  grad = jax.grad(lambda y: jnp.sum(ops.ms_ssim(x, y, window_size=3)))(y)
-  grad_map = jax.grad(lambda y: jnp.sum(ops.ms_ssim_map(x, y, window_size=3)))(y)
+  grad = jax.jit(jax.grad(lambda y: jnp.sum(ops.ms_ssim(x, y, window_size=3))))(y)
+  grad_map = jax.jit(jax.grad(lambda y: jnp.sum(ops.ms_ssim_map(x, y, window_size=3))))(y)
   assert np.all(np.isfinite(grad)) and np.abs(np.asarray(grad)).max() > 0
   assert np.all(np.isfinite(grad_map)) and np.abs(np.asarray(grad_map)).max() > 0
   # Against central differences in float64 for one pixel.
   with jax.enable_x64(True):
     x64, y64 = jnp.asarray(np.asarray(x), jnp.float64), jnp.asarray(np.asarray(y), jnp.float64)
-    f = lambda y: float(jnp.sum(ops.ms_ssim(x64, y, window_size=3)))
-    g = np.asarray(jax.grad(lambda y: jnp.sum(ops.ms_ssim(x64, y, window_size=3)))(y64))
+    loss = lambda y: jnp.sum(ops.ms_ssim(x64, y, window_size=3))
+    f = lambda y: float(jax.jit(loss)(y))
+    g = np.asarray(jax.jit(jax.grad(loss))(y64))
     eps = 1e-6
     bump = jnp.zeros_like(y64).at[0, 16, 16, 1].set(eps)
     numeric = (f(y64 + bump) - f(y64 - bump)) / (2 * eps)
