@@ -23,8 +23,9 @@ def common_config(method: str) -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.data = ml_collections.ConfigDict()
-  config.data.dataset = "mvtec"  # mvtec | ucsd_ped1 | cifar10 | mnist | fashion_mnist
-  config.data.root = config_dict.placeholder(str)  # unset: embedded demo data (mvtec only)
+  config.data.dataset = "mvtec"  # mvtec | ucsd_ped1 | cifar10 | mnist | fashion_mnist | digits
+  # unset: the embedded demo data (mvtec) or scikit-learn's bundled set (digits)
+  config.data.root = config_dict.placeholder(str)
   config.data.category = "brick"  # or "all": one run per category, then a results table
   config.data.image_size = 64
   # MVTec texture categories read at this size instead (a multiple of image_size), for
