@@ -148,21 +148,12 @@ def inference(method, variables, host_batches, device,
       info=lambda: _program_info(holder.get("compiled")))
 
 
-def train(method: VQVAESSIM, config, variables, host_batches_u8, device) -> Workload:
-  """vqjax.train's step: loss, grads, Adam, post_update; state donated, one jitted program.
-
-  Single device, so no shardings are passed (train.py's replicated / batch-sharded
-  shardings over a 1-device mesh are the same placement).
-  """
-  optimizer = make_optimizer(config.train, config.train.num_steps)
-  variables = jax.device_put(variables, device)
-  params = variables["params"]
-  state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), device), params=params,
-                     model_state={k: v for k, v in variables.items() if k != "params"},
-                     opt_state=jax.jit(optimizer.init)(params))
+def _donated_step_workload(step, state, host_batches_u8, device) -> Workload:
+  """A jitted step(state, batch, key) -> (state, metrics) with the state donated and held
+  between calls; compiled ahead of time on the first batch."""
   batches = [jax.device_put(b, device) for b in host_batches_u8]
   key = jax.device_put(jax.random.key(0), device)
-  jitted = jax.jit(make_train_step(method, optimizer), donate_argnums=(0,))
+  jitted = jax.jit(step, donate_argnums=(0,))
   holder = {"state": state}
 
   def run(i):
@@ -175,6 +166,22 @@ def train(method: VQVAESSIM, config, variables, host_batches_u8, device) -> Work
       memory=JaxMemoryProbe(device),
       close=lambda: (holder.clear(), batches.clear()),
       info=lambda: _program_info(holder.get("compiled")))
+
+
+def train(method: VQVAESSIM, config, variables, host_batches_u8, device) -> Workload:
+  """vqjax.train's step: loss, grads, Adam, post_update; state donated, one jitted program.
+
+  Single device, so no shardings are passed (train.py's replicated / batch-sharded
+  shardings over a 1-device mesh are the same placement).
+  """
+  optimizer = make_optimizer(config.train, config.train.num_steps)
+  variables = jax.device_put(variables, device)
+  params = variables["params"]
+  state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), device), params=params,
+                     model_state={k: v for k, v in variables.items() if k != "params"},
+                     opt_state=jax.jit(optimizer.init)(params))
+  return _donated_step_workload(make_train_step(method, optimizer), state, host_batches_u8,
+                                device)
 
 
 def ssim_kwargs(anomaly_cfg) -> dict:
@@ -257,18 +264,4 @@ def igd_train(method, config, variables, host_batches_u8, device) -> Workload:
       step=jnp.zeros((), jnp.int32), params=variables["params"],
       model_state=variables["model_state"], opt_state=opt_state, gsvdd=variables["gsvdd"]),
       device)
-  batches = [jax.device_put(b, device) for b in host_batches_u8]
-  key = jax.device_put(jax.random.key(0), device)
-  jitted = jax.jit(program.step, donate_argnums=(0,))
-  holder = {"state": state}
-
-  def run(i):
-    holder["state"], metrics = holder["compiled"](holder["state"], batches[i % len(batches)], key)
-    return holder["state"], metrics
-
-  return Workload(
-      run=run, sync=jax.block_until_ready,
-      compile=_aot(jitted, (state, batches[0], key), holder),
-      memory=JaxMemoryProbe(device),
-      close=lambda: (holder.clear(), batches.clear()),
-      info=lambda: _program_info(holder.get("compiled")))
+  return _donated_step_workload(program.step, state, host_batches_u8, device)

@@ -197,17 +197,14 @@ def favae_models(method, variables, device: torch.device):
   return model.to(device).eval(), vgg.to(device).eval()
 
 
-def favae_inference(variant: str, models, host_batches, device, *,
-                    compile_mode: str = "default") -> Workload:
-  """variant: 'eager_fp32' | 'eager_bf16_cl' | 'compile_bf16_cl' (as `inference`)."""
-  from benchmarks.torch_reference import favae as tfavae
-  if variant not in ("eager_fp32", "eager_bf16_cl", "compile_bf16_cl"):
-    raise ValueError(f"unknown torch FAVAE variant {variant!r}")
+def _inference_workload(variant: str, make_fn, models, host_batches, device,
+                        compile_mode: str) -> Workload:
+  """An eager / AMP + channels_last / torch.compile workload of make_fn(models copied into
+  the variant's memory format, autocast dtype or None) applied to each batch."""
   channels_last = variant != "eager_fp32"
-  model, vgg = (_model_copy(m, channels_last).eval() for m in models)
+  copies = [_model_copy(m, channels_last).eval() for m in models]
   batches = [_to_torch(b, device, channels_last) for b in host_batches]
-  autocast = None if variant == "eager_fp32" else torch.bfloat16
-  fn = lambda x: tfavae.anomaly_maps(model, vgg, x, autocast_dtype=autocast)
+  fn = make_fn(*copies, None if variant == "eager_fp32" else torch.bfloat16)
   if variant == "compile_bf16_cl":
     torch._dynamo.reset()
     fn = torch.compile(fn, mode=compile_mode, dynamic=False)
@@ -218,6 +215,17 @@ def favae_inference(variant: str, models, host_batches, device, *,
 
   return Workload(run=run, sync=_sync_fn(device), memory=TorchMemoryProbe(device),
                   close=batches.clear)
+
+
+def favae_inference(variant: str, models, host_batches, device, *,
+                    compile_mode: str = "default") -> Workload:
+  """variant: 'eager_fp32' | 'eager_bf16_cl' | 'compile_bf16_cl' (as `inference`)."""
+  from benchmarks.torch_reference import favae as tfavae
+  if variant not in ("eager_fp32", "eager_bf16_cl", "compile_bf16_cl"):
+    raise ValueError(f"unknown torch FAVAE variant {variant!r}")
+  make_fn = lambda model, vgg, autocast: (
+      lambda x: tfavae.anomaly_maps(model, vgg, x, autocast_dtype=autocast))
+  return _inference_workload(variant, make_fn, models, host_batches, device, compile_mode)
 
 
 def igd_models(config, variables, device: torch.device):
@@ -235,21 +243,9 @@ def igd_inference(variant: str, model, config, host_batches, device, *,
   from benchmarks.torch_reference import igd as tigd
   if variant not in ("eager_fp32", "eager_bf16_cl", "compile_bf16_cl"):
     raise ValueError(f"unknown torch IGD variant {variant!r}")
-  channels_last = variant != "eager_fp32"
-  net = _model_copy(model, channels_last).eval()
-  batches = [_to_torch(b, device, channels_last) for b in host_batches]
-  autocast = None if variant == "eager_fp32" else torch.bfloat16
-  fn = lambda x: tigd.anomaly_outputs(net, x, config, autocast_dtype=autocast)
-  if variant == "compile_bf16_cl":
-    torch._dynamo.reset()
-    fn = torch.compile(fn, mode=compile_mode, dynamic=False)
-
-  def run(i):
-    with torch.inference_mode():
-      return fn(batches[i % len(batches)])
-
-  return Workload(run=run, sync=_sync_fn(device), memory=TorchMemoryProbe(device),
-                  close=batches.clear)
+  make_fn = lambda net, autocast: (
+      lambda x: tigd.anomaly_outputs(net, x, config, autocast_dtype=autocast))
+  return _inference_workload(variant, make_fn, (model,), host_batches, device, compile_mode)
 
 
 def maps_to_numpy(output) -> dict:

@@ -69,13 +69,17 @@ def _check_size(shape, num_scales: int, window_size: int) -> None:
 
 
 def _scale_terms(x, y, weights, window_size, sigma, k1, k2, data_range):
-  """[(luminance, contrast_structure)] maps per scale, finest first."""
+  """The factor of each scale, finest first, as [B,h,w,C] maps at that scale's size: the
+  contrast-structure term, times the luminance term at the last scale."""
   terms = []
   for scale in range(len(weights)):
     if scale:
       x, y = downsample(x), downsample(y)
-    terms.append(ssim_terms(x, y, window="gaussian", window_size=window_size, sigma=sigma,
-                            k1=k1, k2=k2, data_range=data_range))
+    luminance, contrast_structure = ssim_terms(
+        x, y, window="gaussian", window_size=window_size, sigma=sigma, k1=k1, k2=k2,
+        data_range=data_range)
+    last = scale == len(weights) - 1
+    terms.append(luminance * contrast_structure if last else contrast_structure)
   return terms
 
 
@@ -88,10 +92,7 @@ def ms_ssim(x: jnp.ndarray, y: jnp.ndarray, *, weights=GLOBAL_WEIGHTS, window_si
   valid = lambda m: m[:, radius:m.shape[1] - radius, radius:m.shape[2] - radius]
   value = 1.0
   terms = _scale_terms(x, y, weights, window_size, sigma, k1, k2, data_range)
-  for scale, ((luminance, contrast_structure), w) in enumerate(zip(terms, weights)):
-    term = contrast_structure
-    if scale == len(weights) - 1:
-      term = luminance * contrast_structure
+  for term, w in zip(terms, weights):
     per_channel = jnp.mean(valid(term), axis=(1, 2))  # [B,C]
     value = value * jnp.maximum(per_channel, TERM_FLOOR) ** w
   return jnp.mean(value, axis=-1)
@@ -112,10 +113,7 @@ def ms_ssim_map(x: jnp.ndarray, y: jnp.ndarray, *, weights=GLOBAL_WEIGHTS,
   height, width = x.shape[1:3]
   value = 1.0
   terms = _scale_terms(x, y, weights, window_size, sigma, k1, k2, data_range)
-  for scale, ((luminance, contrast_structure), w) in enumerate(zip(terms, weights)):
-    term = contrast_structure
-    if scale == len(weights) - 1:
-      term = luminance * contrast_structure
+  for scale, (term, w) in enumerate(zip(terms, weights)):
     term = _to_size(jnp.maximum(term, TERM_FLOOR), 2**scale, height, width)
     value = value * term**w
   return jnp.mean(value, axis=-1)
