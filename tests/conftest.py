@@ -3,6 +3,8 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 # Tests run on the CPU; keep XLA from grabbing every core's worth of threads per test.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent XLA cache per test session (empty at its start; the CLI subprocesses inherit
@@ -28,3 +30,21 @@ def interrupt_at_step(monkeypatch, step: int):
 
   monkeypatch.setattr(train_lib, "batch_indices", interrupting)
   return lambda: monkeypatch.setattr(train_lib, "batch_indices", real)
+
+
+@pytest.fixture(scope="session")
+def vq_smoke_run(tmp_path_factory):
+  """One CLI smoke run of vqvae_ssim on an unseen RGB MVTec-layout folder (32 px files: no
+  resize; eval batch 3 pads the last of 8 test images), shared by the tests of the run's
+  outputs (test_cli) and of using the trained model (test_model_use).
+  Returns (category folder, workdir, the finished subprocess)."""
+  from test_cli import _run_cli, _write_rgb_mvtec
+  tmp = tmp_path_factory.mktemp("vq_smoke_run")
+  root = _write_rgb_mvtec(tmp / "data", size=32)
+  workdir = tmp / "run"
+  out = _run_cli(f"--config.data.root={root}", "--config.data.category=widget",
+                 f"--config.workdir={workdir}", "--config.data.image_size=32",
+                 "--config.eval.save_arrays=True", "--config.eval.batch_size=3",
+                 "--config.anomaly.ssim_window_size=11")
+  assert out.returncode == 0, out.stderr[-3000:]
+  return root / "widget", workdir, out

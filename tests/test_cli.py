@@ -58,15 +58,11 @@ def _skimage_ssim_anomaly_map(image, reconstruction):
       for c in range(image.shape[-1])], axis=0)
 
 
-def test_cli_runs_end_to_end_on_an_unseen_folder_and_writes_all_outputs(tmp_path):
-  root = _write_rgb_mvtec(tmp_path / "data", size=32)  # no resize: files compare as stored
-  workdir = tmp_path / "run"
-  # 8 test images in batches of 3: the last batch is padded, its tail must be dropped.
-  out = _run_cli(f"--config.data.root={root}", "--config.data.category=widget",
-                 f"--config.workdir={workdir}", "--config.data.image_size=32",
-                 "--config.eval.save_arrays=True", "--config.eval.batch_size=3",
-                 "--config.anomaly.ssim_window_size=11")
-  assert out.returncode == 0, out.stderr[-3000:]
+def test_cli_runs_end_to_end_on_an_unseen_folder_and_writes_all_outputs(vq_smoke_run):
+  # 32 px files (no resize: files compare as stored); 8 test images in batches of 3: the last
+  # batch is padded, its tail must be dropped.
+  category, workdir, out = vq_smoke_run
+  root = category.parent
   assert "ssim_am" in out.stdout and "pixel_AUROC" in out.stdout
   metrics = json.loads((workdir / "metrics.json").read_text())
   for variant in ("ssim", "ssim_am"):

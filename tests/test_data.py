@@ -94,11 +94,15 @@ def test_load_rgb_category(mvtec_root):
   assert not any(".hidden" in n or n.endswith(".txt") for n in ds.train.names + ds.val.names)
 
 
-def test_load_grey_category_stays_single_channel(mvtec_root):
+def test_one_colour_file_makes_a_grey_category_rgb(mvtec_root):
+  # Colour is never dropped: one RGB test image makes 'tile' RGB, its grey files replicated.
   ds = load_mvtec(mvtec_root, "tile", image_size=8, val_fraction=0.0)
-  assert ds.num_channels == 1
-  assert ds.train.images.shape == (4, 8, 8, 1) and ds.test.images.shape == (3, 8, 8, 1)
-  assert ds.val.images.shape == (0, 8, 8, 1) and ds.val.masks.shape == (0, 8, 8)
+  assert ds.num_channels == 3
+  assert ds.train.images.shape == (4, 8, 8, 3) and ds.test.images.shape == (3, 8, 8, 3)
+  assert ds.val.images.shape == (0, 8, 8, 3) and ds.val.masks.shape == (0, 8, 8)
+  grey = ds.train.images
+  assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+  assert not (ds.test.images[0, ..., 0] == ds.test.images[0, ..., 1]).all()
   assert ds.test.names == ("test/good/000.png", "test/good/001.png", "test/hole/000.png")
   assert ds.test.masks[2][:, :4].all() and not ds.test.masks[2][:, 4:].any()  # 0/1 mask
   assert 60 < ds.test.images[1].mean() < 200  # 16-bit scaled to 8-bit, not clipped to 255

@@ -6,6 +6,8 @@ helpers below.
 """
 from __future__ import annotations
 
+import math
+
 import jax
 
 from vqjax.data import DATASETS
@@ -40,6 +42,11 @@ def one_of(config, key: str, choices) -> None:
   require(value in choices, key, f"one of {list(choices)}", value)
 
 
+def _finite_number(value) -> bool:
+  return (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value))
+
+
 def get(config, key: str):
   node = config
   for part in key.split("."):
@@ -69,6 +76,12 @@ def validate_config(config) -> None:
           "unset (embedded demo data) or a folder path", root)
   require(isinstance(config.data.category, str) and config.data.category != "",
           "data.category", "a category folder name", config.data.category)
+  if config.data.dataset == "mvtec":
+    # A folder name under data.root, also used in workdir paths: no way out of either.
+    require(config.data.category not in (".", "..") and not any(
+        c in config.data.category for c in "/\\"), "data.category",
+        "a folder name under data.root (no path separators, not '.' or '..')",
+        config.data.category)
   size = positive_int(config, "data.image_size")
   texture_size = get(config, "data.texture_image_size")
   if texture_size is not None:
@@ -116,13 +129,17 @@ def check_train_block(config, block: str) -> None:
   require(epochs is None or (isinstance(epochs, (int, float)) and epochs >= 0),
           f"{block}.num_epochs", "unset, 0 (use num_steps) or a number of epochs > 0", epochs)
   lr = get(config, f"{block}.learning_rate")
-  require(lr > 0, f"{block}.learning_rate", "a positive number", lr)
+  require(_finite_number(lr) and lr > 0, f"{block}.learning_rate", "a finite positive number",
+          lr)
   for key in ("log_every", "checkpoint_every", "max_checkpoints"):
     positive_int(config, f"{block}.{key}")
   if "optimizer" in node:
     one_of(config, f"{block}.optimizer", OPTIMIZERS)
   if "schedule" in node:
     one_of(config, f"{block}.schedule", SCHEDULES)
+  for key in ("b1", "b2", "weight_decay", "warmup_steps", "end_learning_rate"):
+    if key in node:
+      require(_finite_number(node[key]), f"{block}.{key}", "a finite number", node[key])
   for key in ("b1", "b2"):
     if key in node:
       require(0 <= node[key] < 1, f"{block}.{key}", "a number in [0, 1)", node[key])

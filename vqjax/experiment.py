@@ -1,15 +1,20 @@
 """One experiment end to end: data -> train -> maps -> metrics -> report, all from a config."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
+import os
 import pathlib
+import socket
 import time
 
 import jax
 import numpy as np
 
 from vqjax import data, evaluate, inference, report, sharding
+from vqjax import predict as model_file
 from vqjax.errors import UserInputError
 from vqjax.methods import get_method
 from vqjax.optimizers import DEFAULTS as optimizer_defaults
@@ -19,6 +24,11 @@ logger = logging.getLogger("vqjax")
 # Keys that may change between a run and its resumption in the same workdir.
 _RESUMABLE_KEYS = ("train.num_steps", "train.num_epochs", "train.log_every",
                    "train.checkpoint_every", "train.max_checkpoints", "eval", "workdir")
+# Optimisation settings that may change on resume (in any training block: train, prior_train,
+# kd_train): they change no parameter or optimizer-state shape, so a run that diverged can go
+# on from its last good checkpoint at a lower rate.
+_RESUMABLE_OPTIMISATION_KEYS = ("learning_rate", "end_learning_rate", "b1", "b2", "weight_decay",
+                                "decay_power")
 # Keys added after runs were written: a saved config without them ran as these values do
 # (the optimizer keys at vqjax.optimizers' defaults, plain Adam; JSON-shaped, as saved).
 _ADDED_KEY_DEFAULTS = json.loads(json.dumps({
@@ -48,18 +58,31 @@ def _flatten(d: dict, prefix: str = "") -> dict:
   return out
 
 
+def _resumable(key: str) -> bool:
+  if any(key == r or key.startswith(r + ".") for r in _RESUMABLE_KEYS):
+    return True
+  block, _, name = key.rpartition(".")
+  return name in _RESUMABLE_OPTIMISATION_KEYS and block.endswith("train")
+
+
 def check_workdir(workdir: pathlib.Path, config_dict: dict) -> None:
-  """Refuses to resume a workdir whose checkpoints came from different settings."""
+  """Refuses to resume a workdir whose checkpoints came from different settings; logs the
+  optimisation settings that changed (allowed)."""
   saved_path = workdir / "config.json"
   if not saved_path.exists():
     return
   saved = _flatten(json.loads(saved_path.read_text()))
   saved = {**{k: v for k, v in _ADDED_KEY_DEFAULTS.items() if k not in saved}, **saved}
   current = _flatten(json.loads(json.dumps(config_dict)))  # tuples compare as saved (lists)
-  changed = sorted(k for k in set(saved) | set(current)
-                   if saved.get(k) != current.get(k)
-                   and not any(k == r or k.startswith(r + ".") for r in _RESUMABLE_KEYS))
-  if changed and (workdir / "checkpoints").exists():
+  differ = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+  changed = [k for k in differ if not _resumable(k)]
+  has_checkpoints = any(workdir.glob("**/checkpoints"))
+  retuned = [k for k in differ if k not in changed and k.rpartition(".")[2]
+             in _RESUMABLE_OPTIMISATION_KEYS]
+  if retuned and has_checkpoints and not changed:
+    logger.info("resuming with changed optimisation settings: %s", ", ".join(
+        f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in retuned))
+  if changed and has_checkpoints:
     details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
     raise UserInputError(f"workdir {workdir} holds checkpoints of a run with other settings "
                      f"({details}). Pass a new --config.workdir, or delete that folder to start over.")
@@ -76,13 +99,52 @@ def load_data(config) -> tuple[data.Dataset, str]:
   return dataset, source
 
 
+@contextlib.contextmanager
+def workdir_lock(workdir: pathlib.Path):
+  """Holds an exclusive lock on <workdir>/.vqjax.lock for the run (process 0 of a multi-host
+  run; the others write no outputs). A second run on the same workdir stops with the first
+  one's pid instead of interleaving with it. The kernel drops the lock when its process dies,
+  so a stale lock file never blocks."""
+  if jax.process_index() != 0:
+    yield
+    return
+  path = workdir / ".vqjax.lock"
+  handle = open(path, "a+", encoding="utf-8")
+  try:
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    handle.seek(0)
+    holder = handle.read().strip() or "another process"
+    handle.close()
+    raise UserInputError(f"workdir {workdir} is in use by another vqjax run ({holder}); wait "
+                         "for it to finish, or pass another --config.workdir") from None
+  try:
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                 f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    handle.flush()
+    yield
+  finally:
+    fcntl.flock(handle, fcntl.LOCK_UN)
+    handle.close()
+
+
 def run(config, *, show_progress: bool = True) -> dict:
   """Trains and evaluates per `config`; writes outputs to the workdir; returns metrics.json."""
   workdir = resolve_workdir(config)
+  if workdir.exists() and not workdir.is_dir():
+    raise UserInputError(f"config.workdir {workdir} is a file; expected a folder (new or of "
+                         "an earlier run)")
+  workdir.mkdir(parents=True, exist_ok=True)
+  with workdir_lock(workdir):
+    return _run_locked(config, workdir, show_progress)
+
+
+def _run_locked(config, workdir: pathlib.Path, show_progress: bool) -> dict:
   config_dict = config.to_dict()
   check_workdir(workdir, config_dict)
   primary = jax.process_index() == 0  # multi-host: one process writes the outputs
-  workdir.mkdir(parents=True, exist_ok=True)
   if primary:
     report.write_json(workdir / "config.json", config_dict)
 
@@ -142,6 +204,10 @@ def run(config, *, show_progress: bool = True) -> dict:
   if not primary:
     return metrics_json
   report.write_json(workdir / "metrics.json", metrics_json)
+  # What `predict` and `export` load: the variables evaluated here, with their thresholds.
+  model_file.write_model(workdir, config, method, variables, metrics_json,
+                         image_size=run_info["image_size"], num_channels=dataset.num_channels,
+                         method_scores=test.get("scores", {}))
 
   images = inference.to_unit_range_host(dataset.test.images)
   reconstructions = test.get("reconstructions")  # not every method has image-space ones

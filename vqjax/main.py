@@ -1,10 +1,15 @@
-"""Command line: python -m vqjax.main --config configs/mvtec_vq.py [--config.key=value ...]
+"""Command line.
+
+  train + evaluate: python -m vqjax.main --config configs/mvtec_vq.py [--config.key=value ...]
+  predict:          python -m vqjax.main --mode=predict --workdir runs/... --images DIR --out DIR
+  export:           python -m vqjax.main --mode=export --workdir runs/... --out DIR
 
 Intentionally short: everything it does lives in importable, tested functions.
 """
 from __future__ import annotations
 
 import logging
+import pathlib
 import sys
 
 from absl import app, flags
@@ -19,6 +24,22 @@ _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False,
     "Multi-host: call jax.distributed.initialize() (coordinator and process ids from the "
     "cluster environment, e.g. SLURM, or JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID).")
+_MODE = flags.DEFINE_enum(
+    "mode", "train", ["train", "predict", "export"],
+    "train: train (or resume) and evaluate per --config. predict: score new images with the "
+    "trained model of --workdir. export: write a self-contained jax.export artifact of it.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "predict/export: workdir of a finished run.")
+_IMAGES = flags.DEFINE_multi_string(
+    "images", None, "predict: a folder (searched recursively), an image file or a glob; "
+    "repeatable.")
+_OUT = flags.DEFINE_string("out", None, "predict/export: output folder.")
+_THRESHOLD = flags.DEFINE_multi_string(
+    "threshold", None, "predict: variant=value, overriding the threshold stored with the model.")
+_VARIANTS = flags.DEFINE_list("variants", None, "predict: maps to write (default: all).")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", None,
+                                   "predict: images per batch (default: the run's eval.batch_size).")
+_PLATFORMS = flags.DEFINE_list("platforms", ["cpu"],
+                               "export: platforms the artifact runs on, e.g. cpu,cuda.")
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (e.g. configs/mvtec_vq.py or configs/mvtec_vq.py:paper).",
     lock_config=True)
@@ -26,9 +47,7 @@ _CONFIG = config_flags.DEFINE_config_file(
 
 def _describe_unknown_overrides(argv) -> str:
   """Names the --config.<key> overrides whose key the config file does not define."""
-  config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-  if config_arg is None and "--config" in argv[:-1]:
-    config_arg = argv[argv.index("--config") + 1]
+  config_arg = _config_arg(argv)
   if config_arg is None:
     return ""
   config = load_config_file(config_arg)
@@ -48,12 +67,34 @@ def _describe_unknown_overrides(argv) -> str:
   return "\n".join(problems)
 
 
+def _config_arg(argv) -> str | None:
+  config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if config_arg is None and "--config" in argv[:-1]:
+    config_arg = argv[argv.index("--config") + 1]
+  return config_arg
+
+
+def _one_line(message: str) -> str:
+  """A config file's exception as absl reports it (with a traceback) -> its first and last
+  lines, e.g. 'flag --config=...: Error whilst parsing config file: ValueError: unknown preset'."""
+  lines = [line for line in str(message).splitlines() if line.strip()]
+  if any(line.startswith("Traceback") for line in lines):
+    return f"{lines[0]} {lines[-1].strip()}"
+  return str(message)
+
+
 def parse_flags(argv):
-  """absl's parser, with a readable error for overrides of keys the config lacks."""
+  """absl's parser, with readable one-line errors for a missing config file, a misspelt
+  preset and overrides of keys the config lacks."""
+  config_arg = _config_arg(argv)
+  if config_arg is not None and not pathlib.Path(config_arg.partition(":")[0]).is_file():
+    print(f"error: --config {config_arg}: no such file {config_arg.partition(':')[0]!r} "
+          "(e.g. configs/mvtec_vq.py, configs/mvtec_vq.py:paper)", file=sys.stderr)
+    raise SystemExit(2)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {_one_line(e)}", file=sys.stderr)
   except (AttributeError, KeyError) as e:
     print(f"error: {_describe_unknown_overrides(argv) or e}", file=sys.stderr)
   raise SystemExit(2)
@@ -72,9 +113,51 @@ def format_results(metrics_json: dict, variants) -> str:
   return "\n".join(lines)
 
 
+def _fail(message: str, code: int) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  raise SystemExit(code)
+
+
+def _use_trained_model() -> None:
+  """--mode=predict / --mode=export."""
+  from vqjax import predict  # local: training runs do not need it
+  mode = _MODE.value
+  if not _WORKDIR.value or not _OUT.value or (mode == "predict" and not _IMAGES.value):
+    needed = "--workdir, --images and --out" if mode == "predict" else "--workdir and --out"
+    raise app.UsageError(f"--mode={mode} needs {needed}")
+  model = predict.load_model(_WORKDIR.value)
+  if mode == "export":
+    out = predict.export_model(model, _OUT.value, platforms=_PLATFORMS.value)
+    print(f"exported to {out}: model.stablehlo, weights.npz, model.json "
+          "(load with vqjax.exported.load_exported)")
+    return
+  rows = predict.predict_images(model, _IMAGES.value, _OUT.value,
+                                thresholds=predict.parse_thresholds(_THRESHOLD.value),
+                                variants=_VARIANTS.value, batch_size=_BATCH_SIZE.value)
+  flagged = sum(bool(r["is_anomalous"]) for r in rows)
+  print(f"{len(rows)} (image, variant) rows, {flagged} anomalous at the threshold; outputs in "
+        f"{_OUT.value}: scores.csv, maps/, masks/, overlays/")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    _main()
+  except KeyboardInterrupt:
+    # The trainer has saved what it could and said so; no traceback after that message.
+    _fail("interrupted", 130)
+  except (experiment.UserInputError, config_checks.ConfigError) as e:
+    _fail(str(e), 2)
+  except FloatingPointError as e:  # training diverged: the message says what to change
+    _fail(str(e), 1)
+  except OSError as e:  # unwritable workdir, a file where a folder should be, full disk...
+    where = f" ({e.filename})" if e.filename else ""
+    _fail(f"{e.strerror or e}{where}: check that the workdir / output folder is a writable "
+          "folder", 1)
+
+
+def _main():
   # Our progress messages at INFO; libraries (orbax, absl) only when something is wrong.
   absl_logging.set_verbosity(absl_logging.WARNING)
   handler = logging.StreamHandler(sys.stderr)
@@ -85,27 +168,22 @@ def main(argv):
   vqjax_logger.propagate = False
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
+  if _MODE.value != "train":
+    return _use_trained_model()
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config is required, e.g. --config configs/mvtec_vq.py")
-  try:
-    config_checks.validate_config(config)
-  except config_checks.ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    raise SystemExit(2) from None
-  try:
-    if config.data.category == "all":
-      experiment.run_sweep(config)
-      print(f"results in {experiment.resolve_workdir(config)}: results.md, results.csv")
-      return
-    metrics_json = experiment.run(config)
-  except experiment.UserInputError as e:
-    print(f"error: {e}", file=sys.stderr)
-    raise SystemExit(2) from None
+  config_checks.validate_config(config)
+  if config.data.category == "all":
+    experiment.run_sweep(config)
+    print(f"results in {experiment.resolve_workdir(config)}: results.md, results.csv")
+    return
+  metrics_json = experiment.run(config)
   variants = experiment.variant_names(metrics_json)
   workdir = experiment.resolve_workdir(config)
   print(format_results(metrics_json, variants))
-  print(f"outputs in {workdir}: metrics.json, summary.md, overlays/, ROC/PRO curves"
+  print(f"outputs in {workdir}: metrics.json, summary.md, overlays/, ROC/PRO curves, "
+        "model.json + model.msgpack (for --mode=predict / export)"
         + (", eval_arrays.npz" if config.eval.save_arrays else ""))
 
 

@@ -11,23 +11,14 @@ import numpy as np
 from scipy import ndimage
 from sklearn import metrics as skm
 
-IMAGE_SCORE_REDUCTIONS = ("max", "mean")
+# Re-exported: the evaluator and the tests read them from here.
+from vqjax.decisions import (IMAGE_SCORE_REDUCTIONS, image_decisions, image_scores,  # noqa: F401
+                             largest_component_areas)
 
-# 8-connectivity in one [H,W] image.
-_CONNECTIVITY_2D = np.ones((3, 3), dtype=bool)
-# The same for a stack [N,H,W]: neighbours only inside a slice, so regions never cross images.
+# 8-connectivity for a stack [N,H,W]: neighbours only inside a slice, so regions never cross
+# images.
 _CONNECTIVITY_STACK = np.zeros((3, 3, 3), dtype=bool)
 _CONNECTIVITY_STACK[1] = True
-
-
-def image_scores(maps: np.ndarray, reduction: str = "max") -> np.ndarray:
-  """maps [N,H,W] -> scores [N] (higher = more anomalous)."""
-  flat = maps.reshape(maps.shape[0], -1)
-  if reduction == "max":
-    return flat.max(axis=1)
-  if reduction == "mean":
-    return flat.mean(axis=1, dtype=np.float64)
-  raise ValueError(f"eval.image_score must be one of {IMAGE_SCORE_REDUCTIONS}, got {reduction!r}")
 
 
 # --- input checks ---------------------------------------------------------------------------
@@ -252,20 +243,6 @@ def pixel_f1_max(maps: np.ndarray, masks: np.ndarray) -> tuple[float, float]:
 
 # --- thresholds fitted on validation maps, and the decisions they give ----------------------
 
-def largest_component_areas(maps: np.ndarray, threshold: float) -> np.ndarray:
-  """maps [N,H,W] -> [N] int: area of the largest 8-connected component of map >= threshold.
-
-  0 where no pixel reaches the threshold.
-  """
-  maps = np.asarray(maps)
-  if maps.ndim != 3:
-    raise ValueError(f"maps must be [N,H,W], got shape {maps.shape}")
-  areas = np.zeros(maps.shape[0], dtype=np.int64)
-  for i, amap in enumerate(maps):
-    components, count = ndimage.label(amap >= threshold, structure=_CONNECTIVITY_2D)
-    if count:
-      areas[i] = np.bincount(components.reshape(-1))[1:].max()
-  return areas
 
 
 def bergmann_threshold(val_maps: np.ndarray, min_area: int) -> float:
@@ -305,11 +282,6 @@ def f1_adaptive_threshold(val_maps: np.ndarray, val_masks: np.ndarray) -> float:
   return pixel_f1_max(val_maps, val_masks)[1]
 
 
-def image_decisions(maps: np.ndarray, threshold: float, min_area: int = 1) -> np.ndarray:
-  """maps [N,H,W] -> [N] bool: anomalous iff map >= threshold has a component of >= min_area px."""
-  if min_area < 1:
-    raise ValueError(f"min_area must be a positive number of pixels, got {min_area}")
-  return largest_component_areas(maps, threshold) >= min_area
 
 
 def balanced_image_accuracy(decisions: np.ndarray, labels: np.ndarray) -> float:

@@ -158,8 +158,9 @@ def _to_rgb_cell(image: np.ndarray) -> np.ndarray:
   return np.asarray(pil.resize((_OVERLAY_CELL, _OVERLAY_CELL), Image.NEAREST))
 
 
-def _heat(image: np.ndarray, amap: np.ndarray, lo: float, hi: float) -> np.ndarray:
-  """Blends a jet colouring of amap (scaled by the split-wide [lo, hi]) over the image."""
+def heat_overlay(image: np.ndarray, amap: np.ndarray, lo: float, hi: float) -> np.ndarray:
+  """[H,W,3] in [0,1]: a jet colouring of amap (scaled by [lo, hi]) blended over the image
+  (image [H,W,C] in [0,1])."""
   norm = np.clip((amap - lo) / max(hi - lo, 1e-12), 0, 1)
   colours = matplotlib.colormaps["jet"](norm)[..., :3]
   grey = image.mean(axis=-1, keepdims=True)
@@ -181,7 +182,7 @@ def write_overlays(folder: pathlib.Path, images, reconstructions, maps: dict, ma
   written = []
   for i in indices:
     panels = [images[i]] + ([reconstructions[i]] if reconstructions is not None else [])
-    panels += [_heat(images[i], m[i], *ranges[k]) for k, m in maps.items()]
+    panels += [heat_overlay(images[i], m[i], *ranges[k]) for k, m in maps.items()]
     panels.append(masks[i][..., None].astype(np.float32))
     row = np.concatenate([_to_rgb_cell(p) for p in panels], axis=1)
     canvas = Image.new("RGB", (row.shape[1], row.shape[0] + 18), "white")

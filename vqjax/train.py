@@ -17,7 +17,9 @@ import functools
 import json
 import math
 import pathlib
+import signal
 import sys
+import threading
 import time
 from typing import Any, Callable
 
@@ -179,13 +181,17 @@ def _checkpoint_manager(workdir: pathlib.Path, train_config) -> ocp.CheckpointMa
 
 class _ScalarLog:
   """Appends scalars to <workdir>/train_log.jsonl and TensorBoard event files
-  (process 0 only; the others keep no log)."""
+  (process 0 only; the others keep no log). Rows after `start_step` (logged by a run that
+  died before its next checkpoint) are dropped first, so a resumed run logs each step once."""
 
-  def __init__(self, workdir: pathlib.Path):
+  def __init__(self, workdir: pathlib.Path, start_step: int):
     from tensorboardX import SummaryWriter  # local: only the trainer writes events
     self._enabled = jax.process_index() == 0
     if self._enabled:
-      self._jsonl = open(workdir / "train_log.jsonl", "a", encoding="utf-8")
+      path = workdir / "train_log.jsonl"
+      if path.exists():
+        _truncate_log(path, start_step)
+      self._jsonl = open(path, "a", encoding="utf-8")
       self._tb = SummaryWriter(str(workdir / "tensorboard"))
 
   def write(self, step: int, scalars: dict[str, float]):
@@ -201,6 +207,32 @@ class _ScalarLog:
       return
     self._jsonl.close()
     self._tb.close()
+
+
+def _truncate_log(path: pathlib.Path, last_step: int) -> None:
+  """Keeps the rows of train_log.jsonl up to last_step (and drops a torn last line)."""
+  kept = []
+  for line in path.read_text(encoding="utf-8").splitlines():
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if isinstance(row, dict) and row.get("step", 0) <= last_step:
+      kept.append(line)
+  from vqjax.report import write_text  # local: report imports matplotlib
+  write_text(path, "".join(f"{line}\n" for line in kept))
+
+
+@jax.jit
+def all_finite(tree) -> jnp.ndarray:
+  """True iff every floating-point leaf of `tree` is finite (one device reduction)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+# Loss growth (vs the first logged loss) that is flagged as a divergence in the making.
+EXPLODING_LOSS_FACTOR = 1e3
 
 
 def train(config, method, train_data: np.ndarray, workdir: pathlib.Path, *,
@@ -233,6 +265,81 @@ def _check_frozen_source(workdir: pathlib.Path, frozen: FrozenVariables | None) 
     write_json(path, frozen.info)
 
 
+def _check_data_spec(workdir: pathlib.Path, train_data: np.ndarray) -> None:
+  """Records the shape and dtype of one training example beside the checkpoints and refuses a
+  resume on other inputs: a conv net's parameters fit any image size, so restoring alone
+  would not notice a 64x64 run resumed at 32x32 (e.g. with config.json deleted)."""
+  path = workdir / "checkpoints" / "data_spec.json"
+  spec = {"example_shape": list(train_data.shape[1:]), "dtype": str(train_data.dtype)}
+  if path.exists():
+    saved = json.loads(path.read_text())
+    if saved != spec:
+      raise UserInputError(
+          f"checkpoints in {path.parent} were trained on examples {saved['example_shape']} "
+          f"{saved['dtype']}, but this run feeds {spec['example_shape']} {spec['dtype']} (other "
+          "data.image_size or channels?). Use the run's settings, or a new --config.workdir.")
+  elif jax.process_index() == 0:
+    from vqjax.report import write_json  # local: report imports matplotlib
+    write_json(path, spec)
+
+
+def _restore_newest_good(manager, abstract, workdir: pathlib.Path, train_config, log):
+  """Restores the newest checkpoint that reads back; a damaged newer one (a truncated file,
+  a disk that filled up) is moved to <workdir>/checkpoints_damaged/ with a warning. When
+  none restores, the checkpoints do not fit this model: a clear error, nothing moved."""
+  root = workdir / "checkpoints"
+  failures = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:  # noqa: BLE001 - orbax raises many types for unreadable files
+      failures.append((step, e))
+      continue
+    if failures and jax.process_index() == 0:
+      damaged = workdir / "checkpoints_damaged"
+      damaged.mkdir(exist_ok=True)
+      for bad_step, error in failures:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        log(f"WARNING: checkpoint step {bad_step} in {root} cannot be read ({first_line}); "
+            f"moved to {damaged}; resuming from step {step}")
+        (root / str(bad_step)).rename(damaged / f"{bad_step}-{int(time.time())}")
+      manager.close()
+      manager = _checkpoint_manager(workdir, train_config)
+    log(f"resuming from checkpoint step {step} in {root}")
+    return state, manager
+  causes = "; ".join(
+      f"step {s}: {(str(e).strip().splitlines() or [type(e).__name__])[0][:300]}"
+      for s, e in failures)
+  raise UserInputError(
+      f"no checkpoint in {root} can be restored into this config's model (written by a run "
+      f"with other model settings or another vqjax version's parameter layout, or damaged). "
+      f"Use a new --config.workdir, or delete {root} to start over. Causes: {causes}")
+
+
+class _StopOnCtrlC:
+  """While active, the first Ctrl-C (SIGINT) only asks the loop to stop after the current step,
+  so it never lands inside a checkpoint write (orbax's threads would be torn down mid-save);
+  a second Ctrl-C interrupts at once. Only in the main thread (where signals arrive)."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def _handle(self, signum, frame):
+    if self.requested:
+      raise KeyboardInterrupt
+    self.requested = True
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGINT, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGINT, self._previous)
+
+
 def run_training(program: TrainProgram, config, train_data: np.ndarray, workdir: pathlib.Path, *,
                  log: Callable[[str], None] = print, show_progress: bool = True
                  ) -> tuple[dict, dict]:
@@ -244,6 +351,7 @@ def run_training(program: TrainProgram, config, train_data: np.ndarray, workdir:
   train_seconds).
   """
   tc = config.train
+  block = config.get("train_block", "train")  # the config block tc came from, for messages
   num_steps = resolve_num_steps(tc, len(train_data))
   workdir.mkdir(parents=True, exist_ok=True)
   _check_frozen_source(workdir, program.frozen)
@@ -256,9 +364,9 @@ def run_training(program: TrainProgram, config, train_data: np.ndarray, workdir:
   frozen = None if program.frozen is None else jax.device_put(program.frozen.variables,
                                                                 replicated)
 
+  _check_data_spec(workdir, train_data)
   manager = _checkpoint_manager(workdir, tc)
-  latest = manager.latest_step()
-  if latest is None:
+  if manager.latest_step() is None:
     state = jax.jit(init_fn, out_shardings=replicated)(init_key)
     for hook in program.hooks:
       if hook.at_start:
@@ -267,16 +375,7 @@ def run_training(program: TrainProgram, config, train_data: np.ndarray, workdir:
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
         jax.eval_shape(init_fn, init_key))
-    try:
-      state = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
-    except (ValueError, KeyError) as e:
-      raise UserInputError(
-          f"checkpoint {workdir / 'checkpoints'} step {latest} does not fit this config's model "
-          f"(written by a run with other model settings, or by a vqjax version whose model had "
-          f"another parameter layout?). Use a new config.workdir. "
-          f"Cause: {e}") from e
-    log(f"resuming from checkpoint step {latest} in {workdir / 'checkpoints'}")
-
+    state, manager = _restore_newest_good(manager, abstract, workdir, tc, log)
   train_step = jax.jit(program.step,
                        in_shardings=(replicated, sharding.batch_sharded(mesh), replicated,
                                      replicated),
@@ -284,7 +383,10 @@ def run_training(program: TrainProgram, config, train_data: np.ndarray, workdir:
   step_key = jax.device_put(step_key, replicated)
 
   start = int(state.step)
-  scalar_log = _ScalarLog(workdir)
+  if len(train_data) < tc.batch_size:
+    log(f"WARNING: {len(train_data)} training examples is fewer than train.batch_size "
+        f"{tc.batch_size}: every batch repeats examples")
+  scalar_log = _ScalarLog(workdir, start)
   # In a log file (no terminal) redraw rarely instead of many times a second.
   progress = tqdm.tqdm(total=num_steps, initial=start, desc="train", unit="step",
                        disable=not show_progress, dynamic_ncols=True,
@@ -293,8 +395,29 @@ def run_training(program: TrainProgram, config, train_data: np.ndarray, workdir:
   t_window, examples_in_window = time.perf_counter(), 0
   t_start = time.perf_counter()
   hooks_pending = False
+  first_loss = None
+
+  def save(step: int, force: bool = False) -> None:
+    """Saves only a finite state: a checkpoint of NaNs would be resumed forever, and the good
+    ones would rotate away behind it."""
+    if not force and not manager.should_save(step):
+      return
+    if not bool(all_finite(state)):
+      last = manager.latest_step()
+      raise FloatingPointError(
+          f"the training state became non-finite (NaN/inf) by step {step}; not checkpointed. "
+          f"The last finite checkpoint is step {last} in {workdir / 'checkpoints'}: rerun the "
+          f"same command with a lower learning rate (e.g. --config.{block}.learning_rate="
+          f"{tc.learning_rate / 10:g}; optimisation settings may change on resume) or "
+          "model.dtype=float32.")
+    manager.save(step, args=ocp.args.StandardSave(state), force=force)
+
+  ctrl_c = _StopOnCtrlC()
   try:
+    ctrl_c.__enter__()
     for step in range(start, num_steps):
+      if ctrl_c.requested:
+        raise KeyboardInterrupt
       idx = batch_indices(step, tc.batch_size, len(train_data), config.seed)
       batch = sharding.put_global_batch(train_data[idx], mesh)
       state, metrics = train_step(state, batch, step_key, frozen)
@@ -313,8 +436,19 @@ def run_training(program: TrainProgram, config, train_data: np.ndarray, workdir:
       if done % tc.log_every == 0 or done == num_steps:
         scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not all(np.isfinite(v) for v in scalars.values()):
-          raise FloatingPointError(f"non-finite training metrics at step {done}: {scalars}; "
-                                   "lower train.learning_rate or use model.dtype=float32")
+          raise FloatingPointError(
+              f"non-finite training metrics at step {done}: {scalars}; the last finite "
+              f"checkpoint is step {manager.latest_step()} in {workdir / 'checkpoints'}: rerun "
+              f"with a lower learning rate (--config.{block}.learning_rate="
+              f"{tc.learning_rate / 10:g}; optimisation settings may change on resume) or "
+              "model.dtype=float32")
+        if first_loss is None:
+          first_loss = abs(scalars["loss"])
+        elif abs(scalars["loss"]) > EXPLODING_LOSS_FACTOR * max(first_loss, 1e-6):
+          log(f"WARNING: loss {scalars['loss']:.4g} at step {done} is over "
+              f"{EXPLODING_LOSS_FACTOR:g}x the first logged loss ({first_loss:.4g}): training "
+              f"is diverging; consider a lower {block}.learning_rate")
+          first_loss = abs(scalars["loss"])  # warn again only after another such growth
         elapsed = time.perf_counter() - t_window
         scalars["images_per_second"] = examples_in_window / elapsed if examples_in_window else 0.0
         scalar_log.write(done, scalars)
@@ -324,22 +458,23 @@ def run_training(program: TrainProgram, config, train_data: np.ndarray, workdir:
         progress.set_postfix(postfix)
         t_window, examples_in_window = time.perf_counter(), 0
       progress.update(1)
-      manager.save(done, args=ocp.args.StandardSave(state))
+      save(done)
   except KeyboardInterrupt:
     # Keep the work done so far; a rerun with the same workdir resumes from here.
     try:
       if not hooks_pending and manager.latest_step() != int(state.step):
-        manager.save(int(state.step), args=ocp.args.StandardSave(state), force=True)
-    except RuntimeError:  # interrupted mid-step: the state was donated; keep the last save
+        save(int(state.step), force=True)
+    except (RuntimeError, FloatingPointError):  # mid-step (donated state) or non-finite
       pass
     log(f"interrupted: latest checkpoint is step {manager.latest_step()} in "
         f"{workdir / 'checkpoints'}; rerun the same command to resume")
     raise
   finally:
+    ctrl_c.__exit__()
     progress.close()
     scalar_log.close()
   if num_steps > start and manager.latest_step() != num_steps:
-    manager.save(num_steps, args=ocp.args.StandardSave(state), force=True)
+    save(num_steps, force=True)
   manager.wait_until_finished()
   manager.close()
   summary["train_seconds"] = time.perf_counter() - t_start

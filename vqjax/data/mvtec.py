@@ -12,6 +12,7 @@ Everything is decoded eagerly into memory, resized to a square `image_size`.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import math
 import os
 import numbers
@@ -21,13 +22,12 @@ import numpy as np
 from PIL import Image
 
 from vqjax.data.dataset import Dataset, Split, hold_out_validation
+# Decoding lives in vqjax.image_files, shared with `predict` and the exported-model loader.
+from vqjax.image_files import (IMAGE_EXTENSIONS, SIXTEEN_BIT_MODES, channels_for, image_array,
+                               is_image_file as _is_image_file, read_image)
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 NORMAL_DEFECT = "good"
-
-# Greyscale modes that stay single-channel; the 16-bit ones are scaled to 8 bits.
-_SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
-_GREY_MODES = frozenset({"L"}) | _SIXTEEN_BIT_MODES
+logger = logging.getLogger("vqjax")
 
 _EXPECTED_LAYOUT = (
     "expected MVTec AD layout:\n"
@@ -61,11 +61,12 @@ def load_mvtec(root, category: str, image_size: int, val_fraction: float = 0.1,
   category_dir = _category_dir(root, category)
 
   train_paths = _image_files(category_dir / "train" / NORMAL_DEFECT, category_dir)
-  num_channels = 1 if read_image(train_paths[0]).mode in _GREY_MODES else 3
+  test_items = _test_items(category_dir)
+  num_channels = channels_for([*train_paths, *(p for p, _ in test_items)])
+  logger.info("category %s: %s images", category, "greyscale" if num_channels == 1 else "RGB")
   train_good = _load_split(category_dir, [(p, None) for p in train_paths], image_size,
                            num_channels)
 
-  test_items = _test_items(category_dir)
   test = _load_split(category_dir, test_items, image_size, num_channels)
 
   return hold_out_validation(category, train_good, test, val_fraction, seed)
@@ -98,11 +99,6 @@ def _category_dir(root: pathlib.Path, category: str) -> pathlib.Path:
         f"category folder {category_dir} does not exist; categories found under {root}: "
         f'{found or "none"}; {_EXPECTED_LAYOUT}')
   return category_dir
-
-
-def _is_image_file(path: pathlib.Path) -> bool:
-  return (not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
-          and path.is_file())
 
 
 def _image_files(folder: pathlib.Path, category_dir: pathlib.Path) -> list[pathlib.Path]:
@@ -154,36 +150,6 @@ def _mask_path(category_dir: pathlib.Path, image_path: pathlib.Path) -> pathlib.
 # --- decoding --------------------------------------------------------------------------
 
 
-def read_image(path: pathlib.Path) -> Image.Image:
-  """Fully decoded PIL image; ValueError naming the file if it cannot be decoded."""
-  try:
-    with Image.open(path) as image:
-      image.load()  # decode now, so a truncated file fails here, naming the file
-      return image
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-    raise ValueError(f"cannot decode image file {path}: {error}") from error
-
-
-def _to_eight_bit_grey(image: Image.Image) -> Image.Image:
-  """Mode 'L' image; 16-bit greyscale is scaled from [0, 65535] to [0, 255]."""
-  if image.mode in _SIXTEEN_BIT_MODES:
-    values = np.asarray(image).astype(np.float64)
-    return Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8))
-  return image.convert("L")
-
-
-def image_array(image: Image.Image, num_channels: int, image_size: int) -> np.ndarray:
-  """[image_size, image_size, num_channels] uint8, bilinear resize."""
-  if num_channels == 1:
-    image = _to_eight_bit_grey(image)
-  elif image.mode in _SIXTEEN_BIT_MODES:
-    image = _to_eight_bit_grey(image).convert("RGB")
-  else:
-    image = image.convert("RGB")  # also drops alpha and handles P/CMYK/LA
-  resized = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
-  return np.asarray(resized, dtype=np.uint8).reshape(image_size, image_size, num_channels)
-
-
 def binarise_mask(image: Image.Image) -> np.ndarray:
   """[H,W] bool at the mask's own resolution.
 
@@ -193,7 +159,7 @@ def binarise_mask(image: Image.Image) -> np.ndarray:
   """
   if image.mode == "1":
     return np.asarray(image, dtype=bool)
-  if image.mode in _SIXTEEN_BIT_MODES:
+  if image.mode in SIXTEEN_BIT_MODES:
     values, midpoint = np.asarray(image), 32767
   else:
     values, midpoint = np.asarray(image.convert("L")), 127

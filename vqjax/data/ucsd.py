@@ -36,9 +36,9 @@ import numpy as np
 from PIL import Image
 
 from vqjax.data.dataset import Dataset, Split, validation_indices
-# The MVTec reader's decoding, so both readers resize and binarise identically.
-from vqjax.data.mvtec import (binarise_mask, check_image_size, check_val_fraction,
-                              image_array, read_image)
+# The MVTec reader's checks and decoding, so both readers resize and binarise identically.
+from vqjax.data.mvtec import binarise_mask, check_image_size, check_val_fraction
+from vqjax.image_files import image_array, read_image
 
 PED1_FOLDER = "UCSDped1"
 ANNOTATION_FILE = "UCSDped1.m"

@@ -437,7 +437,7 @@ class IGDMethod:
     if self.kd_teacher != "none":
       teacher = self.teacher_variables()
       kd_config = ml_collections.ConfigDict({"train": config.kd_train.to_dict(),
-                                             "seed": config.seed})
+                                             "seed": config.seed, "train_block": "kd_train"})
       kd_steps = resolve_num_steps(config.kd_train, len(images))
       log(f"stage 1/2: distilling {self.kd_teacher} ({teacher.info.get('source')}) into the "
           f"encoder{'s' if len(self.scales) > 1 else ''}, {kd_steps} steps")

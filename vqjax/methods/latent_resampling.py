@@ -136,7 +136,7 @@ class LatentResampling:
                                      config.eval.batch_size, mesh).astype(np.int32)
     log(f"stage 2/2: PixelSNAIL prior on {len(tables)} index tables {tables.shape[1:]}")
     prior_config = ml_collections.ConfigDict({"train": config.prior_train.to_dict(),
-                                              "seed": config.seed})
+                                              "seed": config.seed, "train_block": "prior_train"})
     prior_vars, prior_summary = train(prior_config, self.prior, tables, prior_dir, log=log,
                                       show_progress=show_progress)
     variables = {"vqvae": vq_vars, "prior": prior_vars, "eta": jnp.float32(0.0)}
