@@ -9,8 +9,9 @@ from PIL import Image
 from vqjax import exported, image_files, predict
 
 # Maps: the exported StableHLO and the jitted predict are the same computation compiled
-# twice (XLA may fuse differently): float32 round-off only.
-MAP_RTOL, MAP_ATOL = 1e-5, 1e-5
+# twice (XLA may fuse differently): float32 round-off only (IGD: 7e-5 relative, through the
+# product over five MS-SSIM scales).
+MAP_RTOL, MAP_ATOL = 1e-4, 1e-5
 
 
 def at_model_size(image_paths, model, folder: pathlib.Path) -> list[pathlib.Path]:

@@ -97,6 +97,7 @@ def test_cli_runs_end_to_end_on_an_unseen_folder_and_writes_all_outputs(vq_smoke
   assert metrics_again["ssim_am"] == metrics["ssim_am"]
 
 
+@pytest.mark.slow  # greyscale runs end to end in the FAVAE and IGD CLI tests too
 def test_cli_runs_on_a_greyscale_demo_category(tmp_path):
   from vqjax.data import demo
   root = tmp_path / "demo"
@@ -114,32 +115,61 @@ def test_cli_runs_on_a_greyscale_demo_category(tmp_path):
 
 
 @pytest.mark.parametrize("override,expected", [
+    # What only the command line sees: absl's parse of the overrides.
     ("--config.train.no_such_key=1", "no_such_key"),
     ("--config.train.num_steps=abc", "config.train.num_steps"),
+    # A config check, through the CLI once (exit code 2, one line).
     ("--config.anomaly.am_dilation=4", "config.anomaly.am_dilation = 4: expected an odd integer"),
-    ("--config.data.image_size=30", "config.data.image_size = 30: expected a multiple of"),
-    ("--config.model.dtype=float16", "config.model.dtype = 'float16': expected one of"),
-    ("--config.data.root=/nonexistent/mvtec", "/nonexistent/mvtec"),
-    ("--config.data.category=all", "containing '{category}' when data.category=all"),
-    ("--config.method=no_such_method", "config.method = 'no_such_method': expected one of"),
-    ("--config.train.optimizer=sgd", "config.train.optimizer = 'sgd': expected one of"),
 ])
 def test_cli_rejects_bad_config_with_a_clear_message(tmp_path, override, expected):
   out = _run_cli(override, f"--config.workdir={tmp_path / 'run'}")
-  assert out.returncode != 0
+  assert out.returncode == 2
   assert expected in out.stderr, out.stderr[-2000:]
   assert "Traceback" not in out.stderr
 
 
-def test_cli_refuses_to_resume_a_workdir_with_other_model_settings(tmp_path):
-  root = _write_rgb_mvtec(tmp_path / "data")
-  workdir = tmp_path / "run"
-  common = (f"--config.data.root={root}", "--config.data.category=widget",
-            f"--config.workdir={workdir}", "--config.train.num_steps=2")
-  assert _run_cli(*common).returncode == 0
-  out = _run_cli(*common, "--config.model.channels=8")
-  assert out.returncode != 0
+@pytest.mark.parametrize("key,value,expected", [
+    ("data.image_size", 30, "config.data.image_size = 30: expected a multiple of"),
+    ("model.dtype", "float16", "config.model.dtype = 'float16': expected one of"),
+    ("data.category", "all", "containing '{category}' when data.category=all"),
+    ("method", "no_such_method", "config.method = 'no_such_method': expected one of"),
+    ("train.optimizer", "sgd", "config.train.optimizer = 'sgd': expected one of"),
+])
+def test_config_checks_name_the_key(key, value, expected):
+  from vqjax.config_checks import ConfigError, validate_config
+  from vqjax.config_defaults import load_config_file
+  config = load_config_file(str(REPO / "configs/mvtec_vq.py:smoke"))
+  config.workdir = "runs/x"
+  target = config
+  for part in key.split(".")[:-1]:
+    target = target[part]
+  target[key.split(".")[-1]] = value
+  with pytest.raises(ConfigError) as error:
+    validate_config(config)
+  assert expected in str(error.value)
+
+
+def test_a_missing_data_root_names_it(tmp_path):
+  from vqjax import experiment
+  from vqjax.config_defaults import load_config_file
+  config = load_config_file(str(REPO / "configs/mvtec_vq.py:smoke"))
+  config.data.root, config.workdir = "/nonexistent/mvtec", str(tmp_path / "run")
+  with pytest.raises(experiment.UserInputError, match="/nonexistent/mvtec"):
+    experiment.run(config, show_progress=False)
+
+
+def test_cli_refuses_to_resume_a_workdir_with_other_model_settings(vq_smoke_run):
+  category, workdir, _ = vq_smoke_run
+  outputs = lambda: {p: p.stat().st_mtime_ns for p in workdir.iterdir()
+                     if p.is_file() and not p.name.startswith(".")}  # not the lock file
+  before = outputs()
+  out = _run_cli(f"--config.data.root={category.parent}", "--config.data.category=widget",
+                 f"--config.workdir={workdir}", "--config.data.image_size=32",
+                 "--config.anomaly.ssim_window_size=11", "--config.model.channels=8")
+  assert out.returncode == 2
   assert "model.channels: 16 -> 8" in out.stderr and "new --config.workdir" in out.stderr
+  # Refused before anything was written.
+  assert outputs() == before
 
 
 def test_a_workdir_resumes_with_tuple_settings_and_keys_added_since(tmp_path):

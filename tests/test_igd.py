@@ -317,11 +317,21 @@ def test_cli_runs_igd_end_to_end_on_mvtec_layout(tmp_path):
   assert igd["gsvdd"]["global"]["sigma2"] >= 1.0
   arrays = np.load(workdir / "eval_arrays.npz")
   assert arrays["map_igd"].shape == (9, 64, 64)
-  for variant in ("igd", "igd_reconstruction"):
+  igd_variants = ("igd", "igd_reconstruction")
+  for variant in igd_variants:
     assert metrics[variant]["per_image_pixel_auroc"] is not None
     check_against_arrays(metrics[variant], arrays, variant, "mean", min_area=4)
+  # The trained model through predict and export (its own Eq. 11 scores included): both equal
+  # evaluation's maps and scores.
+  from model_use_check import check_predict_and_export
+  names = [str(n) for n in arrays["names"]][-3:]
+  result = check_predict_and_export(workdir, [root / "brick" / n for n in names],
+                                    tmp_path / "use",
+                                    eval_maps={v: arrays[f"map_{v}"][-3:] for v in igd_variants})
+  np.testing.assert_allclose(result["scores"]["igd"], arrays["score_igd"][-3:], rtol=1e-4)
 
 
+@pytest.mark.slow  # the IGD CLI runs in the MVTec test; the idx reader in test_readers
 def test_cli_runs_igd_one_vs_rest_on_mnist_idx_files(tmp_path):
   """configs/one_vs_rest_igd.py:smoke on MNIST idx files (the real on-disk format), one class;
   image AUROC of the method's own Eq. 11 score (the sweep table: test_presets.py)."""

@@ -216,3 +216,33 @@ def test_export_replaces_an_earlier_export_and_refuses_other_folders(trained_run
   check_predict_and_export(workdir, files, tmp_path / "check")
   check_predict_and_export(workdir, files, tmp_path / "check")  # over the first export
   assert sorted(p.name for p in (tmp_path / "check").iterdir() if p.name.startswith(".")) == []
+
+
+def test_latent_resampling_exports_with_its_prior_loop(tmp_path):
+  """The method with a data-dependent loop (resample passes in a while_loop over the batch)
+  exports with a symbolic batch and reproduces the jitted predict; untrained variables, so
+  the test covers the export path, not accuracy."""
+  import jax
+  import jax.numpy as jnp
+  from configs import mvtec_vq_resample
+  from vqjax import exported, predict
+  from vqjax.methods import get_method
+  config = mvtec_vq_resample.get_config("smoke")
+  method = get_method(config, 3)
+  images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), np.uint8)
+  vq = method.vq.init(jax.random.key(0), jnp.asarray(images[:1]))
+  tables = jnp.zeros((1, 8, 8), jnp.int32)
+  prior = method.prior.init(jax.random.key(1), tables)
+  variables = jax.device_get({"vqvae": vq, "prior": prior, "eta": jnp.float32(0.05)})
+  info = {"method": config.method, "variants": list(method.variants), "image_size": 32,
+          "num_channels": 3, "preprocessing": predict.PREPROCESSING, "image_score": "max",
+          "method_scores": [], "thresholds": None, "map_quantiles": None, "category": "x",
+          "dataset": "mvtec", "steps": 0}
+  model = predict.TrainedModel(method=method, variables=variables, info=info, workdir=tmp_path)
+  loaded = exported.load_exported(predict.export_model(model, tmp_path / "export"))
+  got = loaded(images)
+  want = jax.jit(method.predict)(variables, images)
+  for v in method.variants:
+    np.testing.assert_allclose(got["maps"][v], np.asarray(want["maps"][v]), rtol=MAP_RTOL,
+                               atol=MAP_ATOL)
+    assert got["is_anomalous"][v] is None  # no threshold stored: no decision

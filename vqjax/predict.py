@@ -346,7 +346,7 @@ def parse_thresholds(values) -> dict[str, float] | None:
     variant, sep, number = value.partition("=")
     try:
       out[variant] = float(number)
-      ok = bool(sep) and np.isfinite(out[variant])
+      ok = bool(sep) and bool(variant) and np.isfinite(out[variant])
     except ValueError:
       ok = False
     if not ok:
