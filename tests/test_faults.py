@@ -296,3 +296,23 @@ def test_ctrl_c_saves_and_ends_with_one_message(tmp_path):
   assert proc.returncode == 130, stderr[-2000:]
   assert "Traceback" not in stderr and "rerun the same command to resume" in stderr
   assert stderr.strip().splitlines()[-1] == "error: interrupted"
+
+
+def test_an_unwritable_workdir_is_one_line(tmp_path, monkeypatch, capsys):
+  """Case 36. Tests run as root here, where chmod cannot make a folder read-only, so the
+  refusal the OS would give is injected where the run first writes (config.json)."""
+  from vqjax import main as cli
+  from vqjax import report
+
+  def refuse(path, obj):
+    raise PermissionError(13, "Permission denied", str(path))
+
+  monkeypatch.setattr(report, "write_json", refuse)
+  cli.parse_flags(["vqjax", "--config", str(REPO / "configs/mvtec_vq.py:smoke"),
+                   f"--config.workdir={tmp_path / 'run'}"])
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["vqjax"])
+  assert exit_info.value.code == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err[-1] == (f"error: Permission denied ({tmp_path / 'run' / 'config.json'}): check "
+                     "that the workdir / output folder is a writable folder")
