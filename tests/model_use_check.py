@@ -27,6 +27,24 @@ def at_model_size(image_paths, model, folder: pathlib.Path) -> list[pathlib.Path
   return out
 
 
+def check_export_against_evaluation(workdir: pathlib.Path, image_paths, tmp_path: pathlib.Path,
+                                    eval_maps: dict, eval_scores: dict | None = None) -> dict:
+  """The lighter check for the end-to-end tests of each method (one compilation, not two):
+  the exported artifact's maps (and the method's own scores) on image_paths equal evaluation's
+  maps of the same images. `predict` itself is checked against evaluation for every method
+  surface by check_predict_and_export (tests/test_model_use.py)."""
+  model = predict.load_model(workdir)
+  image_paths = at_model_size(image_paths, model, tmp_path / "inputs")
+  loaded = exported.load_exported(predict.export_model(model, tmp_path / "export"))
+  result = loaded.predict_files(image_paths)
+  for v, maps in eval_maps.items():
+    np.testing.assert_allclose(result["maps"][v], maps, rtol=MAP_RTOL, atol=MAP_ATOL,
+                               err_msg=f"export vs evaluation, {v}")
+  for v, scores in (eval_scores or {}).items():
+    np.testing.assert_allclose(result["scores"][v], scores, rtol=MAP_RTOL, atol=MAP_ATOL)
+  return result
+
+
 def check_predict_and_export(workdir: pathlib.Path, image_paths, tmp_path: pathlib.Path,
                              eval_maps: dict | None = None) -> dict:
   """Runs predict and export on image_paths (copied at the model's image size) and checks

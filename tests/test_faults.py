@@ -307,11 +307,13 @@ def test_an_unwritable_workdir_is_one_line(tmp_path, monkeypatch, capsys):
   def refuse(path, obj):
     raise PermissionError(13, "Permission denied", str(path))
 
+  from absl import app
   monkeypatch.setattr(report, "write_json", refuse)
-  cli.parse_flags(["vqjax", "--config", str(REPO / "configs/mvtec_vq.py:smoke"),
-                   f"--config.workdir={tmp_path / 'run'}"])
+  monkeypatch.chdir(REPO)
+  argv = ["vqjax", "--config", "configs/mvtec_vq.py:smoke", f"--config.workdir={tmp_path / 'run'}"]
+  monkeypatch.setattr(sys, "argv", argv)  # config_flags reads its overrides from sys.argv
   with pytest.raises(SystemExit) as exit_info:
-    cli.main(["vqjax"])
+    app.run(cli.main, flags_parser=cli.parse_flags)
   assert exit_info.value.code == 1
   err = capsys.readouterr().err.strip().splitlines()
   assert err[-1] == (f"error: Permission denied ({tmp_path / 'run' / 'config.json'}): check "

@@ -218,6 +218,7 @@ def test_export_replaces_an_earlier_export_and_refuses_other_folders(trained_run
   assert sorted(p.name for p in (tmp_path / "check").iterdir() if p.name.startswith(".")) == []
 
 
+@pytest.mark.slow  # two compilations of the resampling loop (~80 s on 2 busy cores)
 def test_latent_resampling_exports_with_its_prior_loop(tmp_path):
   """The method with a data-dependent loop (resample passes in a while_loop over the batch)
   exports with a symbolic batch and reproduces the jitted predict; untrained variables, so
