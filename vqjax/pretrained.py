@@ -276,3 +276,15 @@ def load_backbone(name: str, weights: str, *, seed: int = 0) -> tuple[dict, dict
     variables, info = convert(weights)
   return variables, {**info, "backbone": name, "file_sha256": info["sha256"],
                      "sha256": params_checksum(variables)}
+
+
+def frozen_backbone(name: str, weights: str, *, seed: int, config_key: str):
+  """load_backbone as a trainer input (vqjax.train.FrozenVariables, device arrays); a file that
+  cannot be read is a UserInputError naming config_key (e.g. 'model.kd_weights')."""
+  from vqjax.errors import UserInputError
+  from vqjax.train import FrozenVariables  # local: the trainer is not needed to read weights
+  try:
+    variables, info = load_backbone(name, weights, seed=seed)
+  except (ImportError, OSError, ValueError, KeyError, pickle.UnpicklingError) as e:
+    raise UserInputError(f"config.{config_key} = {weights!r}: {e}") from e
+  return FrozenVariables(jax.tree.map(jnp.asarray, variables), info)

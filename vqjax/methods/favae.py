@@ -34,10 +34,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vqjax import inference
 from vqjax.config_checks import get, one_of, positive_int, require
 from vqjax.data.augment import augment_images, resolve_policy
-from vqjax.errors import UserInputError
 from vqjax.inference import to_unit_range
 from vqjax.models import COMPUTE_DTYPES
 from vqjax.models.backbones import VGG16, imagenet_normalize
@@ -123,14 +121,9 @@ class FAVAEMethod:
     """The frozen VGG16 (vgg16, random) with its source and checksum; None otherwise."""
     if self.feature_extractor not in ("vgg16", "random"):
       return None
-    import pickle
-    from vqjax.pretrained import load_backbone  # local: host-side file reading
+    from vqjax.pretrained import frozen_backbone  # local: host-side file reading
     weights = "random" if self.feature_extractor == "random" else self.backbone_weights
-    try:
-      variables, info = load_backbone("vgg16", weights, seed=self.seed)
-    except (ImportError, OSError, ValueError, KeyError, pickle.UnpicklingError) as e:
-      raise UserInputError(f"config.model.backbone_weights = {weights!r}: {e}") from e
-    return FrozenVariables(jax.tree.map(jnp.asarray, variables), info)
+    return frozen_backbone("vgg16", weights, seed=self.seed, config_key="model.backbone_weights")
 
   def targets(self, frozen, images, out) -> list:
     """The feature maps the model reconstructs, shallow to deep: [B,h_i,w_i,C_i] each."""

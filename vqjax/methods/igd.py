@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import pathlib
-import pickle
 
 import flax
 import jax
@@ -36,9 +35,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from vqjax import inference
 from vqjax.config_checks import get, one_of, positive_int, require
-from vqjax.errors import UserInputError
 from vqjax.inference import to_unit_range
 from vqjax.models import COMPUTE_DTYPES
 from vqjax.models.backbones import IMAGENET_MEAN, IMAGENET_STD, VGG16, ResNet18, imagenet_normalize
@@ -333,12 +330,9 @@ class IGDMethod:
   # --- knowledge distillation -------------------------------------------------------------
 
   def teacher_variables(self) -> FrozenVariables:
-    from vqjax.pretrained import load_backbone  # local: host-side file reading
-    try:
-      variables, info = load_backbone(self.kd_teacher, self.kd_weights, seed=self.seed)
-    except (ImportError, OSError, ValueError, KeyError, pickle.UnpicklingError) as e:
-      raise UserInputError(f"config.model.kd_weights = {self.kd_weights!r}: {e}") from e
-    return FrozenVariables(jax.tree.map(jnp.asarray, variables), info)
+    from vqjax.pretrained import frozen_backbone  # local: host-side file reading
+    return frozen_backbone(self.kd_teacher, self.kd_weights, seed=self.seed,
+                           config_key="model.kd_weights")
 
   def teacher_features(self, teacher, x):
     """Normalised inputs [N,s,s,3] -> the frozen network's 512-d feature [N,512]."""
