@@ -171,15 +171,20 @@ def test_no_restorable_checkpoint_is_one_clear_error(tmp_path):
 # --- case 33: a checkpoint resumed on inputs of another size ----------------------------------
 
 
-def test_checkpoints_refuse_inputs_of_another_shape_even_without_config_json(tmp_path):
+@pytest.mark.parametrize("other,expected", [
+    # Same parameter shapes (the toy scales uint8 and floats alike): only the spec can tell.
+    (lambda images: images.astype(np.float32) / 255.0, r"\[8, 8, 1\] float32"),
+    (lambda images: np.repeat(images, 3, axis=-1), r"\[8, 8, 3\] uint8"),
+])
+def test_checkpoints_refuse_inputs_of_another_shape_even_without_config_json(tmp_path, other,
+                                                                              expected):
   config = toy_method.toy_config(num_steps=2)
   _run(config, tmp_path)
   (tmp_path / "config.json").unlink(missing_ok=True)
-  as_float = toy_method.toy_images().astype(np.float32) / 255.0  # same parameter shapes
   with config.unlocked():
     config.train.num_steps = 4
-  with pytest.raises(UserInputError, match=r"trained on examples \[8, 8, 1\] uint8.*float32"):
-    _run(config, tmp_path, images=as_float)
+  with pytest.raises(UserInputError, match=r"trained on examples \[8, 8, 1\] uint8.*" + expected):
+    _run(config, tmp_path, images=other(toy_method.toy_images()))
 
 
 # --- cases 34, 35: two runs on one workdir ---------------------------------------------------

@@ -98,6 +98,18 @@ def test_predict_threshold_override_and_maps_at_each_images_own_size(trained_run
   assert np.load(out_dir / "maps/ssim/a.npy").shape == (50, 70)
   assert np.load(out_dir / "maps/ssim/b.npy").shape == (24, 20)
   assert Image.open(out_dir / "overlays/ssim/a.png").size == (70, 50)
+  # With a threshold inside the maps' range: masks at each image's size, decided at the
+  # model's size like is_anomalous (a flagged image has a non-empty mask).
+  from vqjax import predict
+  model = predict.load_model(workdir)
+  low = float(np.load(out_dir / "maps/ssim/a.npy").mean())
+  rows = predict.predict_images(model, [str(folder)], tmp_path / "pred2", variants=["ssim"],
+                                thresholds={"ssim": low}, show_progress=False)
+  for row, size in zip(rows, ((50, 70), (24, 20))):
+    mask = np.asarray(Image.open(tmp_path / "pred2" / row["map"].replace("maps/", "masks/")
+                                 .replace(".npy", ".png")))
+    assert mask.shape == size and set(np.unique(mask)) <= {0, 255}
+    assert not row["is_anomalous"] or mask.any()
 
 
 def test_predict_bad_input_gets_one_clear_line(trained_run, tmp_path):
@@ -124,6 +136,24 @@ def test_predict_rejects_bad_options_naming_them(trained_run, tmp_path, kwargs, 
     predict.predict_images(model, [str(category / "test" / "good")], tmp_path / "o",
                            show_progress=False, **kwargs)
   assert not (tmp_path / "o").exists()
+
+
+def test_predict_names_a_bad_image_file_and_export_a_bad_platform(trained_run, tmp_path):
+  from vqjax import predict
+  from vqjax.errors import UserInputError
+  _, workdir = trained_run
+  model = predict.load_model(workdir)
+  (tmp_path / "in").mkdir()
+  (tmp_path / "in" / "broken.png").write_bytes(b"not a png")
+  (tmp_path / "notes.txt").write_text("x")
+  with pytest.raises(UserInputError, match="cannot decode image file .*broken.png"):
+    predict.predict_images(model, [str(tmp_path / "in")], tmp_path / "o", show_progress=False)
+  with pytest.raises(UserInputError, match="not an image file"):
+    predict.predict_images(model, [str(tmp_path / "notes.txt")], tmp_path / "o",
+                           show_progress=False)
+  for platforms in (("gpu",), ()):
+    with pytest.raises(UserInputError, match="--platforms"):
+      predict.export_model(model, tmp_path / "export", platforms=platforms)
 
 
 @pytest.mark.parametrize("value", ["ssim", "ssim=x", "ssim=inf", "=1"])

@@ -112,12 +112,20 @@ def workdir_lock(workdir: pathlib.Path):
   handle = open(path, "a+", encoding="utf-8")
   try:
     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except OSError:
+  except BlockingIOError:
     handle.seek(0)
     holder = handle.read().strip() or "another process"
     handle.close()
     raise UserInputError(f"workdir {workdir} is in use by another vqjax run ({holder}); wait "
                          "for it to finish, or pass another --config.workdir") from None
+  except OSError as e:  # a filesystem without flock (some Lustre/FUSE mounts): run unlocked
+    logger.warning("WARNING: cannot lock %s (%s); two runs on this workdir would not be "
+                   "stopped", path, e)
+    handle.close()
+    handle = None
+  if handle is None:
+    yield
+    return
   try:
     handle.seek(0)
     handle.truncate()

@@ -40,6 +40,9 @@ class ExportedModel:
     with np.load(folder / "weights.npz") as weights:
       self._weights = [weights[f"w{i:05d}"] for i in range(self.info["num_weights"])]
     self._call = jax.jit(self._exported.call)
+    # Run on a device of a platform the artifact was lowered for (e.g. a CPU export on a
+    # machine whose default backend is a GPU).
+    self.device = _first_device(self.info["platforms"])
     self.image_size = int(self.info["image_size"])
     self.num_channels = int(self.info["num_channels"])
     self.variants = list(self.info["variants"])
@@ -55,7 +58,8 @@ class ExportedModel:
       raise ValueError(f"images must be uint8 [B,{','.join(map(str, expected))}], got "
                        f"{images.dtype} {list(images.shape)}")
     args, kwargs = jax.tree.unflatten(self._exported.in_tree, [*self._weights, images])
-    out = jax.device_get(self._call(*args, **kwargs))
+    with jax.default_device(self.device):
+      out = jax.device_get(self._call(*args, **kwargs))
     thresholds = {**self.thresholds, **(thresholds or {})}
     maps = {v: np.asarray(m) for v, m in out["maps"].items()}
     scores, anomalous = {}, {}
@@ -74,6 +78,16 @@ class ExportedModel:
                                               self.num_channels, self.image_size)
                       for p in paths])
     return self(batch, thresholds)
+
+
+def _first_device(platforms):
+  for platform in platforms:
+    try:
+      return jax.devices(platform)[0]
+    except RuntimeError:  # no such backend on this machine
+      continue
+  raise RuntimeError(f"this artifact was exported for {platforms}; none is available here "
+                     f"(available: {jax.default_backend()}); export again with --platforms")
 
 
 def load_exported(folder) -> ExportedModel:

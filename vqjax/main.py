@@ -169,7 +169,15 @@ def _main():
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
   if _MODE.value != "train":
+    if _DISTRIBUTED.value:
+      raise app.UsageError(f"--mode={_MODE.value} runs in one process (all its local devices); "
+                           "drop --distributed")
     return _use_trained_model()
+  ignored = [f"--{f.name}" for f in (_WORKDIR, _IMAGES, _OUT, _THRESHOLD, _VARIANTS, _BATCH_SIZE)
+             if f.present]
+  if ignored:
+    raise app.UsageError(f"{', '.join(ignored)}: only for --mode=predict/export; training takes "
+                         "its workdir from --config.workdir")
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config is required, e.g. --config configs/mvtec_vq.py")

@@ -34,6 +34,7 @@ logger = logging.getLogger("vqjax")
 
 MODEL_FORMAT = "vqjax-model/1"
 EXPORT_FORMAT = "vqjax-export/1"
+EXPORT_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 MODEL_JSON, MODEL_VARIABLES = "model.json", "model.msgpack"
 PREPROCESSING = ("decode with Pillow; 16-bit grey scaled to 8 bits; converted to 'L' (1 channel) "
                  "or 'RGB' (3 channels, alpha dropped); bilinear resize to image_size x image_size; "
@@ -135,6 +136,9 @@ def collect_images(inputs) -> list[tuple[pathlib.Path, str]]:
       files = sorted(p for p in path.rglob("*") if image_files.is_image_file(p))
       items = [(p, p.relative_to(path).as_posix()) for p in files]
     elif path.is_file():
+      if not image_files.is_image_file(path):
+        raise UserInputError(f"--images {spec!r}: not an image file (extensions "
+                             f"{sorted(image_files.IMAGE_EXTENSIONS)})")
       items = [(path, path.name)]
     else:
       matches = sorted(pathlib.Path(p) for p in glob.glob(str(path), recursive=True))
@@ -186,6 +190,12 @@ def _resize_map(amap: np.ndarray, width: int, height: int) -> np.ndarray:
       (width, height), Image.Resampling.BILINEAR), np.float32)
 
 
+def _resize_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
+  if mask.shape == (height, width):
+    return mask
+  return np.asarray(Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST))
+
+
 def _colour_range(info: dict, variant: str, threshold, amap) -> tuple[float, float]:
   """Overlay colour scale: validation median (blue) .. threshold (red), or the validation
   0.999 quantile without a threshold, or the image's own 1..99.9 percentiles without either."""
@@ -200,7 +210,8 @@ def predict_images(model: TrainedModel, inputs, out_dir, *, thresholds=None, var
                    batch_size: int | None = None, show_progress: bool = True) -> list[dict]:
   """Scores every image named by `inputs` and writes to out_dir, per variant:
   maps/<variant>/<name>.npy (float32 anomaly map at the image's own size, higher = more
-  anomalous, the method's units), masks/<variant>/<name>.png (0/255 at the threshold),
+  anomalous, the method's units), masks/<variant>/<name>.png (0/255: the model-size map at
+  the threshold, nearest-resized; image scores and decisions are made at the model's size),
   overlays/<variant>/<name>.png, and scores.csv + predict.json. Returns the csv rows."""
   info, out_dir = model.info, pathlib.Path(out_dir)
   variants = list(variants or info["variants"])
@@ -210,8 +221,9 @@ def predict_images(model: TrainedModel, inputs, out_dir, *, thresholds=None, var
   thresholds = resolve_thresholds(info, thresholds)
   items = collect_images(inputs)
   mesh = sharding.make_data_mesh()
-  if batch_size is None:
-    batch_size = model.info["config"]["eval"]["batch_size"]
+  if batch_size is None:  # the run's, rounded up to a multiple of this machine's devices
+    batch_size = -(-model.info["config"]["eval"]["batch_size"] // jax.device_count()) * (
+        jax.device_count())
   if batch_size < 1 or batch_size % jax.device_count():
     raise UserInputError(f"--batch_size {batch_size}: must be a positive multiple of the device "
                          f"count ({jax.device_count()})")
@@ -222,7 +234,10 @@ def predict_images(model: TrainedModel, inputs, out_dir, *, thresholds=None, var
   progress = tqdm.tqdm(total=len(items), desc="predict", unit="img", disable=not show_progress)
   for start in range(0, len(items), chunk):
     part = items[start:start + chunk]
-    pil_images = [image_files.read_image(f) for f, _ in part]
+    try:
+      pil_images = [image_files.read_image(f) for f, _ in part]
+    except ValueError as e:  # names the file
+      raise UserInputError(f"--images: {e}") from e
     batch = np.stack([image_files.image_array(im, channels, size) for im in pil_images])
     out = inference.predict_split(predict_fn, model.variables, batch, batch_size, mesh)
     per_variant = image_outputs(info, {v: out["maps"][v] for v in variants},
@@ -232,11 +247,14 @@ def predict_images(model: TrainedModel, inputs, out_dir, *, thresholds=None, var
       original = np.asarray(image_files.display_rgb(pil), np.float32) / 255.0
       for v in variants:
         score, anomalous = per_variant[v]
-        amap = _resize_map(np.asarray(out["maps"][v][i]), width, height)
+        model_map = np.asarray(out["maps"][v][i])
+        amap = _resize_map(model_map, width, height)
         _save_npy(out_dir / "maps" / v / f"{name}.npy", amap)
         if thresholds[v] is not None:
-          mask = (amap >= thresholds[v]).astype(np.uint8) * 255
-          _save_png(out_dir / "masks" / v / f"{name}.png", mask)
+          # Thresholded at the model's size, where scores and decisions are made, then
+          # nearest-resized: the mask agrees with is_anomalous (a bilinear map would not).
+          mask = (model_map >= thresholds[v]).astype(np.uint8) * 255
+          _save_png(out_dir / "masks" / v / f"{name}.png", _resize_mask(mask, width, height))
         lo, hi = _colour_range(info, v, thresholds[v], amap)
         overlay = report.heat_overlay(original, amap, lo, hi)
         _save_png(out_dir / "overlays" / v / f"{name}.png",
@@ -284,7 +302,8 @@ def _write_csv(path: pathlib.Path, rows: list[dict]) -> None:
 
 
 def export_model(model: TrainedModel, out_dir, *, platforms=("cpu",)) -> pathlib.Path:
-  """Writes a self-contained inference artifact to out_dir (replaced as a whole, atomically):
+  """Writes a self-contained inference artifact to out_dir (written to a staging folder
+  first; an earlier export there is swapped out only once the new one is complete):
   model.stablehlo (jax.export, batch dimension symbolic), weights.npz (the variables as
   arrays, in the exported function's argument order) and model.json (preprocessing, image
   size, variants, thresholds, image-score rule). vqjax.exported.load_exported runs it with
@@ -302,10 +321,14 @@ def export_model(model: TrainedModel, out_dir, *, platforms=("cpu",)) -> pathlib
   spec = jax.ShapeDtypeStruct((batch, size, size, channels), np.uint8)
   weight_specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
                               model.variables)
+  platforms = tuple(platforms)
+  if not platforms or not set(platforms) <= set(EXPORT_PLATFORMS):
+    raise UserInputError(f"--platforms {list(platforms)}: expected one or more of "
+                         f"{list(EXPORT_PLATFORMS)}")
   try:
-    exported = jax_export.export(jax.jit(maps_and_scores), platforms=tuple(platforms))(
+    exported = jax_export.export(jax.jit(maps_and_scores), platforms=platforms)(
         weight_specs, spec)
-  except ValueError as e:
+  except Exception as e:  # noqa: BLE001 - lowering errors come in many types
     raise UserInputError(f"export for platforms {list(platforms)} failed: {e}") from e
   leaves = jax.tree.leaves(model.variables)
   meta = {k: info[k] for k in ("method", "variants", "image_size", "num_channels",

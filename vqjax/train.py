@@ -295,14 +295,20 @@ def _restore_newest_good(manager, abstract, workdir: pathlib.Path, train_config,
     except Exception as e:  # noqa: BLE001 - orbax raises many types for unreadable files
       failures.append((step, e))
       continue
-    if failures and jax.process_index() == 0:
-      damaged = workdir / "checkpoints_damaged"
-      damaged.mkdir(exist_ok=True)
-      for bad_step, error in failures:
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        log(f"WARNING: checkpoint step {bad_step} in {root} cannot be read ({first_line}); "
-            f"moved to {damaged}; resuming from step {step}")
-        (root / str(bad_step)).rename(damaged / f"{bad_step}-{int(time.time())}")
+    if failures:
+      # Every process decides alike (each failed on the same steps); process 0 moves the
+      # damaged steps, then all rebuild their managers so they agree on the latest step.
+      if jax.process_index() == 0:
+        damaged = workdir / "checkpoints_damaged"
+        damaged.mkdir(exist_ok=True)
+        for bad_step, error in failures:
+          first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+          log(f"WARNING: checkpoint step {bad_step} in {root} cannot be read ({first_line}); "
+              f"moved to {damaged}; resuming from step {step}")
+          (root / str(bad_step)).rename(damaged / f"{bad_step}-{int(time.time())}")
+      if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # local: multi-host only
+        multihost_utils.sync_global_devices("vqjax: damaged checkpoints moved")
       manager.close()
       manager = _checkpoint_manager(workdir, train_config)
     log(f"resuming from checkpoint step {step} in {root}")
@@ -459,6 +465,8 @@ def run_training(program: TrainProgram, config, train_data: np.ndarray, workdir:
         t_window, examples_in_window = time.perf_counter(), 0
       progress.update(1)
       save(done)
+    if ctrl_c.requested:  # Ctrl-C during the last step: stop here, not in the next stage
+      raise KeyboardInterrupt
   except KeyboardInterrupt:
     # Keep the work done so far; a rerun with the same workdir resumes from here.
     try:
