@@ -201,14 +201,14 @@ def test_a_second_run_on_a_locked_workdir_stops_naming_the_first(tmp_path):
 
 
 def test_a_stale_lock_of_a_dead_process_does_not_block(tmp_path):
-  child = subprocess.run([sys.executable, "-c", textwrap_lock(tmp_path)], timeout=120)
+  child = subprocess.run([sys.executable, "-c", _dying_lock_holder_script(tmp_path)], timeout=120)
   assert child.returncode == -signal.SIGKILL  # died holding the lock
   assert "pid" in (tmp_path / ".vqjax.lock").read_text()
   with experiment.workdir_lock(tmp_path):
     pass
 
 
-def textwrap_lock(workdir):
+def _dying_lock_holder_script(workdir):
   return (f"import os, signal, pathlib; from vqjax import experiment\n"
           f"with experiment.workdir_lock(pathlib.Path({str(workdir)!r})):\n"
           f"  os.kill(os.getpid(), signal.SIGKILL)\n")

@@ -43,3 +43,21 @@ def image_decisions(maps: np.ndarray, threshold: float, min_area: int = 1) -> np
   if min_area < 1:
     raise ValueError(f"min_area must be a positive number of pixels, got {min_area}")
   return largest_component_areas(maps, threshold) >= min_area
+
+
+def image_outputs(info: dict, maps: dict, method_scores: dict, thresholds: dict) -> dict:
+  """{variant: (image scores [B] float64, is_anomalous [B] bool or None)} from model-size maps
+  {variant: [B,H,W]}, as evaluation scores and decides: the method's own score where it has
+  one (method_scores), else the map reduced by info['image_score']; anomalous iff a component
+  of >= min_area pixels (info['thresholds'][variant], 1 if none) is at or above
+  thresholds[variant] (None: no decision). info: a model.json (run or export)."""
+  out = {}
+  for v, m in maps.items():
+    m = np.asarray(m)
+    score = (np.asarray(method_scores[v], np.float64) if v in method_scores
+             else image_scores(m, info["image_score"]).astype(np.float64))
+    min_area = ((info.get("thresholds") or {}).get(v) or {}).get("min_area", 1)
+    anomalous = (None if thresholds[v] is None
+                 else image_decisions(m, thresholds[v], min_area))
+    out[v] = (score, anomalous)
+  return out

@@ -60,16 +60,11 @@ class ExportedModel:
     args, kwargs = jax.tree.unflatten(self._exported.in_tree, [*self._weights, images])
     with jax.default_device(self.device):
       out = jax.device_get(self._call(*args, **kwargs))
-    thresholds = {**self.thresholds, **(thresholds or {})}
     maps = {v: np.asarray(m) for v, m in out["maps"].items()}
-    scores, anomalous = {}, {}
-    for v, m in maps.items():
-      scores[v] = (np.asarray(out["scores"][v], np.float64) if v in out["scores"]
-                   else decisions.image_scores(m, self.info["image_score"]).astype(np.float64))
-      min_area = ((self.info.get("thresholds") or {}).get(v) or {}).get("min_area", 1)
-      anomalous[v] = (None if thresholds[v] is None
-                      else decisions.image_decisions(m, thresholds[v], min_area))
-    return {"maps": maps, "scores": scores, "is_anomalous": anomalous}
+    decided = decisions.image_outputs(self.info, maps, out["scores"],
+                                      {**self.thresholds, **(thresholds or {})})
+    return {"maps": maps, "scores": {v: d[0] for v, d in decided.items()},
+            "is_anomalous": {v: d[1] for v, d in decided.items()}}
 
   def predict_files(self, paths, thresholds: dict | None = None) -> dict:
     """Reads image files as training did (needs Pillow) and calls the model on them."""

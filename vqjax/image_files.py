@@ -2,6 +2,7 @@
 of the dataset readers, `predict` and the stand-alone loader of exported models."""
 from __future__ import annotations
 
+import contextlib
 import pathlib
 
 import numpy as np
@@ -24,24 +25,28 @@ def channels_for(paths) -> int:
   then replicated), so colour is never dropped because of the first file's mode. Reads only
   the headers."""
   for path in paths:
-    try:
-      with Image.open(path) as image:
-        mode = image.mode
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-      raise ValueError(f"cannot decode image file {path}: {error}") from error
-    if mode not in GREY_MODES:
-      return 3
+    with _opened(path) as image:
+      if image.mode not in GREY_MODES:
+        return 3
   return 1
+
+
+@contextlib.contextmanager
+def _opened(path):
+  """The opened PIL image; any decoding error (also one raised while using it) becomes a
+  ValueError naming the file."""
+  try:
+    with Image.open(path) as image:
+      yield image
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+    raise ValueError(f"cannot decode image file {path}: {error}") from error
 
 
 def read_image(path: pathlib.Path) -> Image.Image:
   """Fully decoded PIL image; ValueError naming the file if it cannot be decoded."""
-  try:
-    with Image.open(path) as image:
-      image.load()  # decode now, so a truncated file fails here, naming the file
-      return image
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-    raise ValueError(f"cannot decode image file {path}: {error}") from error
+  with _opened(path) as image:
+    image.load()  # decode now, so a truncated file fails here, naming the file
+    return image
 
 
 def to_eight_bit_grey(image: Image.Image) -> Image.Image:
@@ -52,20 +57,21 @@ def to_eight_bit_grey(image: Image.Image) -> Image.Image:
   return image.convert("L")
 
 
+def _converted(image: Image.Image, num_channels: int) -> Image.Image:
+  """Mode 'L' (num_channels 1) or 'RGB' (3); 16-bit grey scaled to 8 bits first."""
+  if num_channels == 1:
+    return to_eight_bit_grey(image)
+  if image.mode in SIXTEEN_BIT_MODES:
+    return to_eight_bit_grey(image).convert("RGB")
+  return image.convert("RGB")  # also drops alpha and handles P/CMYK/LA
+
+
 def image_array(image: Image.Image, num_channels: int, image_size: int) -> np.ndarray:
   """[image_size, image_size, num_channels] uint8, bilinear resize."""
-  if num_channels == 1:
-    image = to_eight_bit_grey(image)
-  elif image.mode in SIXTEEN_BIT_MODES:
-    image = to_eight_bit_grey(image).convert("RGB")
-  else:
-    image = image.convert("RGB")  # also drops alpha and handles P/CMYK/LA
-  resized = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+  resized = _converted(image, num_channels).resize((image_size, image_size), Image.Resampling.BILINEAR)
   return np.asarray(resized, dtype=np.uint8).reshape(image_size, image_size, num_channels)
 
 
 def display_rgb(image: Image.Image) -> np.ndarray:
   """[H,W,3] uint8 of an image at its own size, for overlays (16-bit grey scaled to 8 bits)."""
-  if image.mode in SIXTEEN_BIT_MODES:
-    image = to_eight_bit_grey(image)
-  return np.asarray(image.convert("RGB"), np.uint8)
+  return np.asarray(_converted(image, 3), np.uint8)

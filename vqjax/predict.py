@@ -167,33 +167,11 @@ def resolve_thresholds(info: dict, overrides: dict[str, float] | None) -> dict[s
   return stored
 
 
-def image_outputs(info: dict, maps: dict, scores: dict, thresholds: dict) -> dict:
-  """{variant: (image scores [B], is_anomalous [B] bool or None)} from model-size maps: the
-  method's own score where it has one, else the map reduced as in evaluation; a decision is
-  a component of >= min_area pixels at or above the threshold (as evaluation decides)."""
-  out = {}
-  for v, m in maps.items():
-    m = np.asarray(m)
-    score = (np.asarray(scores[v], np.float64) if v in scores
-             else decisions.image_scores(m, info["image_score"]).astype(np.float64))
-    min_area = ((info["thresholds"] or {}).get(v) or {}).get("min_area", 1)
-    anomalous = (None if thresholds[v] is None
-                 else decisions.image_decisions(m, thresholds[v], min_area))
-    out[v] = (score, anomalous)
-  return out
-
-
-def _resize_map(amap: np.ndarray, width: int, height: int) -> np.ndarray:
-  if amap.shape == (height, width):
-    return amap.astype(np.float32)
-  return np.asarray(Image.fromarray(amap.astype(np.float32), mode="F").resize(
-      (width, height), Image.Resampling.BILINEAR), np.float32)
-
-
-def _resize_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
-  if mask.shape == (height, width):
-    return mask
-  return np.asarray(Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST))
+def _resize(array: np.ndarray, width: int, height: int, resample) -> np.ndarray:
+  """A float32 map (mode 'F') or a uint8 mask (mode 'L') at another size, its dtype kept."""
+  if array.shape == (height, width):
+    return array
+  return np.asarray(Image.fromarray(array).resize((width, height), resample), array.dtype)
 
 
 def _colour_range(info: dict, variant: str, threshold, amap) -> tuple[float, float]:
@@ -240,7 +218,7 @@ def predict_images(model: TrainedModel, inputs, out_dir, *, thresholds=None, var
       raise UserInputError(f"--images: {e}") from e
     batch = np.stack([image_files.image_array(im, channels, size) for im in pil_images])
     out = inference.predict_split(predict_fn, model.variables, batch, batch_size, mesh)
-    per_variant = image_outputs(info, {v: out["maps"][v] for v in variants},
+    per_variant = decisions.image_outputs(info, {v: out["maps"][v] for v in variants},
                                 out.get("scores", {}), thresholds)
     for i, ((file, name), pil) in enumerate(zip(part, pil_images)):
       width, height = pil.size
@@ -248,13 +226,14 @@ def predict_images(model: TrainedModel, inputs, out_dir, *, thresholds=None, var
       for v in variants:
         score, anomalous = per_variant[v]
         model_map = np.asarray(out["maps"][v][i])
-        amap = _resize_map(model_map, width, height)
+        amap = _resize(model_map.astype(np.float32), width, height, Image.Resampling.BILINEAR)
         _save_npy(out_dir / "maps" / v / f"{name}.npy", amap)
         if thresholds[v] is not None:
           # Thresholded at the model's size, where scores and decisions are made, then
           # nearest-resized: the mask agrees with is_anomalous (a bilinear map would not).
           mask = (model_map >= thresholds[v]).astype(np.uint8) * 255
-          _save_png(out_dir / "masks" / v / f"{name}.png", _resize_mask(mask, width, height))
+          _save_png(out_dir / "masks" / v / f"{name}.png",
+                    _resize(mask, width, height, Image.Resampling.NEAREST))
         lo, hi = _colour_range(info, v, thresholds[v], amap)
         overlay = report.heat_overlay(original, amap, lo, hi)
         _save_png(out_dir / "overlays" / v / f"{name}.png",

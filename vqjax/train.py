@@ -283,6 +283,10 @@ def _check_data_spec(workdir: pathlib.Path, train_data: np.ndarray) -> None:
     write_json(path, spec)
 
 
+def _first_line(error: Exception, limit: int) -> str:
+  return (str(error).strip().splitlines() or [type(error).__name__])[0][:limit]
+
+
 def _restore_newest_good(manager, abstract, workdir: pathlib.Path, train_config, log):
   """Restores the newest checkpoint that reads back; a damaged newer one (a truncated file,
   a disk that filled up) is moved to <workdir>/checkpoints_damaged/ with a warning. When
@@ -302,8 +306,8 @@ def _restore_newest_good(manager, abstract, workdir: pathlib.Path, train_config,
         damaged = workdir / "checkpoints_damaged"
         damaged.mkdir(exist_ok=True)
         for bad_step, error in failures:
-          first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-          log(f"WARNING: checkpoint step {bad_step} in {root} cannot be read ({first_line}); "
+          log(f"WARNING: checkpoint step {bad_step} in {root} cannot be read "
+              f"({_first_line(error, 200)}); "
               f"moved to {damaged}; resuming from step {step}")
           (root / str(bad_step)).rename(damaged / f"{bad_step}-{int(time.time())}")
       if jax.process_count() > 1:
@@ -313,9 +317,7 @@ def _restore_newest_good(manager, abstract, workdir: pathlib.Path, train_config,
       manager = _checkpoint_manager(workdir, train_config)
     log(f"resuming from checkpoint step {step} in {root}")
     return state, manager
-  causes = "; ".join(
-      f"step {s}: {(str(e).strip().splitlines() or [type(e).__name__])[0][:300]}"
-      for s, e in failures)
+  causes = "; ".join(f"step {s}: {_first_line(e, 300)}" for s, e in failures)
   raise UserInputError(
       f"no checkpoint in {root} can be restored into this config's model (written by a run "
       f"with other model settings or another vqjax version's parameter layout, or damaged). "
@@ -323,7 +325,7 @@ def _restore_newest_good(manager, abstract, workdir: pathlib.Path, train_config,
 
 
 class _StopOnCtrlC:
-  """While active, the first Ctrl-C (SIGINT) only asks the loop to stop after the current step,
+  """While installed, the first Ctrl-C (SIGINT) only asks the loop to stop after the current step,
   so it never lands inside a checkpoint write (orbax's threads would be torn down mid-save);
   a second Ctrl-C interrupts at once. Only in the main thread (where signals arrive)."""
 
@@ -336,12 +338,11 @@ class _StopOnCtrlC:
       raise KeyboardInterrupt
     self.requested = True
 
-  def __enter__(self):
+  def install(self):
     if threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGINT, self._handle)
-    return self
 
-  def __exit__(self, *exc):
+  def uninstall(self):
     if self._previous is not None:
       signal.signal(signal.SIGINT, self._previous)
 
@@ -403,24 +404,26 @@ def run_training(program: TrainProgram, config, train_data: np.ndarray, workdir:
   hooks_pending = False
   first_loss = None
 
+  def diverged(what: str) -> FloatingPointError:
+    return FloatingPointError(
+        f"{what}; the last finite checkpoint is step {manager.latest_step()} in "
+        f"{workdir / 'checkpoints'}: rerun the same command with a lower learning rate (e.g. "
+        f"--config.{block}.learning_rate={tc.learning_rate / 10:g}; optimisation settings may "
+        "change on resume) or model.dtype=float32")
+
   def save(step: int, force: bool = False) -> None:
     """Saves only a finite state: a checkpoint of NaNs would be resumed forever, and the good
     ones would rotate away behind it."""
     if not force and not manager.should_save(step):
       return
     if not bool(all_finite(state)):
-      last = manager.latest_step()
-      raise FloatingPointError(
-          f"the training state became non-finite (NaN/inf) by step {step}; not checkpointed. "
-          f"The last finite checkpoint is step {last} in {workdir / 'checkpoints'}: rerun the "
-          f"same command with a lower learning rate (e.g. --config.{block}.learning_rate="
-          f"{tc.learning_rate / 10:g}; optimisation settings may change on resume) or "
-          "model.dtype=float32.")
+      raise diverged(f"the training state became non-finite (NaN/inf) by step {step}; not "
+                     "checkpointed")
     manager.save(step, args=ocp.args.StandardSave(state), force=force)
 
   ctrl_c = _StopOnCtrlC()
   try:
-    ctrl_c.__enter__()
+    ctrl_c.install()
     for step in range(start, num_steps):
       if ctrl_c.requested:
         raise KeyboardInterrupt
@@ -442,12 +445,7 @@ def run_training(program: TrainProgram, config, train_data: np.ndarray, workdir:
       if done % tc.log_every == 0 or done == num_steps:
         scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not all(np.isfinite(v) for v in scalars.values()):
-          raise FloatingPointError(
-              f"non-finite training metrics at step {done}: {scalars}; the last finite "
-              f"checkpoint is step {manager.latest_step()} in {workdir / 'checkpoints'}: rerun "
-              f"with a lower learning rate (--config.{block}.learning_rate="
-              f"{tc.learning_rate / 10:g}; optimisation settings may change on resume) or "
-              "model.dtype=float32")
+          raise diverged(f"non-finite training metrics at step {done}: {scalars}")
         if first_loss is None:
           first_loss = abs(scalars["loss"])
         elif abs(scalars["loss"]) > EXPLODING_LOSS_FACTOR * max(first_loss, 1e-6):
@@ -478,7 +476,7 @@ def run_training(program: TrainProgram, config, train_data: np.ndarray, workdir:
         f"{workdir / 'checkpoints'}; rerun the same command to resume")
     raise
   finally:
-    ctrl_c.__exit__()
+    ctrl_c.uninstall()
     progress.close()
     scalar_log.close()
   if num_steps > start and manager.latest_step() != num_steps:
