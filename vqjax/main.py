@@ -9,6 +9,7 @@ Intentionally short: everything it does lives in importable, tested functions.
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
 import sys
 
@@ -17,13 +18,18 @@ from absl import logging as absl_logging
 import jax
 from ml_collections import config_flags
 
-from vqjax import config_checks, experiment
+from vqjax import config_checks, distributed, experiment
 from vqjax.config_defaults import load_config_file
 
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False,
-    "Multi-host: call jax.distributed.initialize() (coordinator and process ids from the "
-    "cluster environment, e.g. SLURM, or JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID).")
+    "Several processes (hosts): jax.distributed with the process layout of the cluster "
+    "(SLURM, Open MPI, Kubernetes, Cloud TPU) or of JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
+    "JAX_PROCESS_ID (see launch/).")
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout", 100,
+    "--distributed: seconds after which a silent (dead, preempted) process stops all others "
+    "with an error naming it.")
 _MODE = flags.DEFINE_enum(
     "mode", "train", ["train", "predict", "export"],
     "train: train (or resume) and evaluate per --config. predict: score new images with the "
@@ -151,6 +157,18 @@ def main(argv):
     _fail(str(e), 2)
   except FloatingPointError as e:  # training diverged: the message says what to change
     _fail(str(e), 1)
+  except jax.errors.JaxRuntimeError as e:
+    if jax.process_count() == 1:
+      raise
+    # A collective with a process that died (killed, preempted, out of memory) fails here,
+    # unless the coordination service notices its silence first and ends this process itself.
+    print(f"error: process {jax.process_index()}: a collective with the other processes "
+          f"failed ({str(e).strip().splitlines()[0][:300]}); another process has probably died "
+          "or been stopped: see its log. Rerun the same command to resume from the last "
+          "checkpoint.", file=sys.stderr, flush=True)
+    # Not a normal exit: jax's shutdown barrier would wait for the dead process (up to
+    # --heartbeat_timeout) and then abort with a page of C++ stack.
+    os._exit(1)
   except OSError as e:  # unwritable workdir, a file where a folder should be, full disk...
     where = f" ({e.filename})" if e.filename else ""
     _fail(f"{e.strerror or e}{where}: check that the workdir / output folder is a writable "
@@ -166,8 +184,6 @@ def _main():
   vqjax_logger.addHandler(handler)
   vqjax_logger.setLevel(logging.INFO)
   vqjax_logger.propagate = False
-  if _DISTRIBUTED.value:
-    jax.distributed.initialize()
   if _MODE.value != "train":
     if _DISTRIBUTED.value:
       raise app.UsageError(f"--mode={_MODE.value} runs in one process (all its local devices); "
@@ -181,14 +197,24 @@ def _main():
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config is required, e.g. --config configs/mvtec_vq.py")
+  if _DISTRIBUTED.value:  # before anything starts jax's backend (config checks do)
+    distributed.initialize(heartbeat_timeout_s=_HEARTBEAT_TIMEOUT.value)
+    # Every process logs (a failure may show on any one); the lines say which one wrote them.
+    handler.setFormatter(logging.Formatter(
+        f"%(asctime)s [process {jax.process_index()}/{jax.process_count()}] %(message)s",
+        "%H:%M:%S"))
   config_checks.validate_config(config)
+  primary = jax.process_index() == 0  # the one process that prints results (and writes them)
   if config.data.category == "all":
     experiment.run_sweep(config)
-    print(f"results in {experiment.resolve_workdir(config)}: results.md, results.csv")
+    if primary:
+      print(f"results in {experiment.resolve_workdir(config)}: results.md, results.csv")
     return
   metrics_json = experiment.run(config)
   variants = experiment.variant_names(metrics_json)
   workdir = experiment.resolve_workdir(config)
+  if not primary:
+    return
   print(format_results(metrics_json, variants))
   print(f"outputs in {workdir}: metrics.json, summary.md, overlays/, ROC/PRO curves, "
         "model.json + model.msgpack (for --mode=predict / export)"

@@ -19,6 +19,13 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def put_replicated(tree, mesh: Mesh):
+  """Places host values or arrays (identical on every process: parameters, keys, frozen
+  weights) on every device of `mesh`. Unlike jax.device_put, this also works when the mesh
+  spans other processes' devices."""
+  return jax.jit(lambda t: t, out_shardings=replicated(mesh))(tree)
+
+
 def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P("data"))
 

@@ -368,8 +368,8 @@ def run_training(program: TrainProgram, config, train_data: np.ndarray, workdir:
   init_fn = lambda rng: program.init(rng, example)
   root_key = jax.random.key(config.seed)
   init_key, step_key = jax.random.split(root_key)
-  frozen = None if program.frozen is None else jax.device_put(program.frozen.variables,
-                                                                replicated)
+  frozen = None if program.frozen is None else sharding.put_replicated(program.frozen.variables,
+                                                                         mesh)
 
   _check_data_spec(workdir, train_data)
   manager = _checkpoint_manager(workdir, tc)
@@ -387,7 +387,7 @@ def run_training(program: TrainProgram, config, train_data: np.ndarray, workdir:
                        in_shardings=(replicated, sharding.batch_sharded(mesh), replicated,
                                      replicated),
                        out_shardings=(replicated, replicated), donate_argnums=(0,))
-  step_key = jax.device_put(step_key, replicated)
+  step_key = sharding.put_replicated(step_key, mesh)
 
   start = int(state.step)
   if len(train_data) < tc.batch_size:
@@ -396,7 +396,8 @@ def run_training(program: TrainProgram, config, train_data: np.ndarray, workdir:
   scalar_log = _ScalarLog(workdir, start)
   # In a log file (no terminal) redraw rarely instead of many times a second.
   progress = tqdm.tqdm(total=num_steps, initial=start, desc="train", unit="step",
-                       disable=not show_progress, dynamic_ncols=True,
+                       disable=not show_progress or jax.process_index() != 0,
+                       dynamic_ncols=True,
                        mininterval=0.1 if sys.stderr.isatty() else 30.0)
   summary = {"start_step": start, "compile_seconds": 0.0, "train_seconds": 0.0}
   t_window, examples_in_window = time.perf_counter(), 0
