@@ -93,7 +93,14 @@ def validate_config(config) -> None:
   frac = get(config, "data.val_fraction")
   require(0.0 <= frac <= 0.5, "data.val_fraction", "a number in [0, 0.5]", frac)
 
-  n_dev = jax.device_count()
+  one_of(config, "sweep.parallel", ("serial", "per_device"))
+  require(isinstance(get(config, "sweep.category_index"), int) and
+          config.sweep.category_index >= -1, "sweep.category_index",
+          "-1 (every category) or the index of one category", config.sweep.category_index)
+  require(isinstance(get(config, "sweep.merge_only"), bool), "sweep.merge_only", "True or False",
+          config.sweep.merge_only)
+  per_device = config.data.category == "all" and config.sweep.parallel == "per_device"
+  n_dev = 1 if per_device else jax.device_count()  # per_device: each run has one device
   for key in ("train.batch_size", "eval.batch_size"):
     value = positive_int(config, key)
     require(value % n_dev == 0, key, f"a multiple of the device count ({n_dev})", value)

@@ -70,6 +70,18 @@ def common_config(method: str) -> ml_collections.ConfigDict:
   config.eval.min_defect_area = 16  # px at data.image_size: Bergmann's minimum defect area
   config.eval.save_arrays = False
   config.eval.num_overlays = 8
+
+  # data.category = all: how the categories' runs are spread (each has its own workdir).
+  config.sweep = ml_collections.ConfigDict()
+  # serial: one after another, each on every device (data parallel); per_device: as many at
+  # once as this process has devices, one device each (small models gain more from this).
+  config.sweep.parallel = "serial"
+  # >= 0: run only the category of this index in the sorted list (a job-array task, e.g.
+  # $SLURM_ARRAY_TASK_ID); -1: all of them.
+  config.sweep.category_index = -1
+  # True: train nothing; write results.md/results.csv from the finished categories' workdirs
+  # (after a job array's tasks).
+  config.sweep.merge_only = False
   return config
 
 

@@ -1,12 +1,14 @@
 """One experiment end to end: data -> train -> maps -> metrics -> report, all from a config."""
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import fcntl
 import json
 import logging
 import os
 import pathlib
+import queue
 import socket
 import time
 
@@ -23,7 +25,8 @@ logger = logging.getLogger("vqjax")
 
 # Keys that may change between a run and its resumption in the same workdir.
 _RESUMABLE_KEYS = ("train.num_steps", "train.num_epochs", "train.log_every",
-                   "train.checkpoint_every", "train.max_checkpoints", "eval", "workdir")
+                   "train.checkpoint_every", "train.max_checkpoints", "eval", "workdir",
+                   "sweep")
 # Optimisation settings that may change on resume (in any training block: train, prior_train,
 # kd_train): they change no parameter or optimizer-state shape, so a run that diverged can go
 # on from its last good checkpoint at a lower rate.
@@ -194,7 +197,7 @@ def _run_locked(config, workdir: pathlib.Path, show_progress: bool) -> dict:
       "steps": train_summary["steps"], "train_seconds": train_summary["train_seconds"],
       "compile_seconds": train_summary["compile_seconds"], "eval_seconds": eval_seconds,
       "total_seconds": time.perf_counter() - t0,
-      "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+      "devices": f"{mesh.size} x {mesh.devices.flat[0].device_kind}",
       "image_score": config.eval.image_score,
   }
   if has_val:
@@ -238,20 +241,87 @@ def _run_locked(config, workdir: pathlib.Path, show_progress: bool) -> dict:
   return metrics_json
 
 
+def _category_config(config, category: str):
+  category_config = config.copy_and_resolve_references()
+  with category_config.unlocked():
+    category_config.data.category = category
+  return category_config
+
+
+def _finished_metrics(config, categories) -> dict[str, dict]:
+  """metrics.json of every category's workdir (sweep.merge_only); one error naming every
+  category whose run has not finished."""
+  per_category, missing = {}, []
+  for category in categories:
+    path = resolve_workdir(_category_config(config, category)) / "metrics.json"
+    if path.exists():
+      per_category[category] = json.loads(path.read_text())
+    else:
+      missing.append(f"{category} ({path})")
+  if missing:
+    raise UserInputError(f"sweep.merge_only: {len(missing)} of {len(categories)} categories have "
+                         f"no finished run: {', '.join(missing)}. Run them (e.g. "
+                         "sweep.category_index=<i> per category), then merge again.")
+  return per_category
+
+
+def _run_per_device(config, categories, show_progress: bool) -> dict[str, dict]:
+  """One category per local device at a time, each in a thread whose runs see only that
+  device (compiled steps release the GIL, so the devices work at once)."""
+  if jax.process_count() > 1:
+    raise UserInputError("sweep.parallel=per_device runs in one process (one category per "
+                         "local device); on a cluster use one job-array task per category "
+                         "(launch/slurm_sweep.sbatch)")
+  free_devices = queue.Queue()
+  for device in jax.local_devices():
+    free_devices.put(device)
+  logger.info("sweep: %d categories, %d at a time (one per device)", len(categories),
+              free_devices.qsize())
+
+  def run_one(category):
+    device = free_devices.get()
+    try:
+      logger.info("category %s: on %s", category, device)
+      with sharding.run_on([device]):
+        # Progress bars of concurrent runs would overwrite each other: log lines only.
+        return run(_category_config(config, category), show_progress=False)
+    finally:
+      free_devices.put(device)
+
+  with concurrent.futures.ThreadPoolExecutor(free_devices.qsize()) as pool:
+    futures = {category: pool.submit(run_one, category) for category in categories}
+    return {category: future.result() for category, future in futures.items()}
+
+
 def run_sweep(config, *, show_progress: bool = True) -> dict[str, dict]:
   """data.category = 'all': one run per category (each in its own workdir), then
-  results.md / results.csv in the workdir named with category 'all'."""
+  results.md / results.csv in the workdir named with category 'all'. config.sweep chooses
+  serial or per-device runs, one category of the list (a job-array task) or only the merge
+  of finished runs."""
   try:
     categories = data.categories(config.data)
   except FileNotFoundError as e:
     raise UserInputError(f"config.data.root: {e}") from e
-  per_category = {}
-  for i, category in enumerate(categories):
-    logger.info("category %d/%d: %s", i + 1, len(categories), category)
-    category_config = config.copy_and_resolve_references()
-    with category_config.unlocked():
-      category_config.data.category = category
-    per_category[category] = run(category_config, show_progress=show_progress)
+  sweep = config.sweep
+  if sweep.category_index >= 0 and not sweep.merge_only:
+    if sweep.category_index >= len(categories):
+      raise UserInputError(f"config.sweep.category_index={sweep.category_index}: there are "
+                           f"{len(categories)} categories (0..{len(categories) - 1}): "
+                           f"{', '.join(categories)}")
+    category = categories[sweep.category_index]
+    logger.info("sweep task %d/%d: %s (merge the sweep with sweep.merge_only=True once every "
+                "task has finished)", sweep.category_index, len(categories), category)
+    return {category: run(_category_config(config, category), show_progress=show_progress)}
+  if sweep.merge_only:
+    per_category = _finished_metrics(config, categories)
+  elif sweep.parallel == "per_device":
+    per_category = _run_per_device(config, categories, show_progress)
+  else:
+    per_category = {}
+    for i, category in enumerate(categories):
+      logger.info("category %d/%d: %s", i + 1, len(categories), category)
+      per_category[category] = run(_category_config(config, category),
+                                   show_progress=show_progress)
   sweep_dir = resolve_workdir(config)
   if jax.process_index() == 0:
     variants = variant_names(next(iter(per_category.values())))

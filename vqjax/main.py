@@ -206,9 +206,16 @@ def _main():
   config_checks.validate_config(config)
   primary = jax.process_index() == 0  # the one process that prints results (and writes them)
   if config.data.category == "all":
-    experiment.run_sweep(config)
-    if primary:
-      print(f"results in {experiment.resolve_workdir(config)}: results.md, results.csv")
+    per_category = experiment.run_sweep(config)
+    if not primary:
+      return
+    if config.sweep.category_index >= 0 and not config.sweep.merge_only:
+      [(category, metrics_json)] = per_category.items()
+      print(format_results(metrics_json, experiment.variant_names(metrics_json)))
+      print(f"category {category} done; once every category is, write the sweep's tables "
+            "with --config.sweep.merge_only=True")
+      return
+    print(f"results in {experiment.resolve_workdir(config)}: results.md, results.csv")
     return
   metrics_json = experiment.run(config)
   variants = experiment.variant_names(metrics_json)

@@ -1,18 +1,43 @@
 """Device mesh and host->device batch placement (data parallel over a `data` axis)."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 
+# The devices of the run in progress in this thread (a per-device sweep runs one category per
+# device, each in its own thread); unset: every device of every process.
+_run_devices: contextvars.ContextVar[tuple | None] = contextvars.ContextVar(
+    "vqjax_run_devices", default=None)
+
+
+@contextlib.contextmanager
+def run_on(devices):
+  """Within this block (in this thread) runs use only `devices`, and arrays created without
+  a placement land on the first of them."""
+  token = _run_devices.set(tuple(devices))
+  try:
+    with jax.default_device(devices[0]):
+      yield
+  finally:
+    _run_devices.reset(token)
+
+
 def make_data_mesh() -> Mesh:
-  """1-D mesh over every device of every process; batches are split along `data`.
+  """1-D mesh over every device of every process (or those of `run_on`); batches are split
+  along `data`.
 
   Auto axis: the compiler propagates shardings from the inputs (batch split, params
   replicated), so model code never needs sharding annotations.
   """
-  return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
+  devices = _run_devices.get()
+  if devices is None:
+    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
+  return Mesh(np.asarray(devices), ("data",), axis_types=(AxisType.Auto,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -1,0 +1,106 @@
+"""data.category=all spread over devices (sweep.parallel=per_device), over job-array tasks
+(sweep.category_index) and merged afterwards (sweep.merge_only): the same per-category results
+and the same results.md/results.csv as a serial sweep."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from test_cli import _write_rgb_mvtec
+from vqjax import experiment
+from vqjax.config_defaults import load_config_file
+from vqjax.errors import UserInputError
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CATEGORIES = ("carpet_like", "grid_like", "wood_like")
+
+
+def _sweep_args(root, workdir):
+  return [f"--config.data.root={root}", "--config.data.category=all",
+          f"--config.workdir={workdir}/{{category}}", "--config.data.image_size=32"]
+
+
+def _cli(args, num_devices: int):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(num_devices))
+  out = subprocess.run([sys.executable, "-m", "vqjax.main", "--config",
+                        "configs/mvtec_vq.py:smoke", *args], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return out
+
+
+def _results(metrics_path: pathlib.Path) -> dict:
+  """metrics.json without what differs between two equal runs (timings, paths, sweep mode)."""
+  metrics = json.loads(metrics_path.read_text())
+  metrics["run"] = {k: v for k, v in metrics["run"].items() if not k.endswith("seconds")}
+  del metrics["config"]["workdir"], metrics["config"]["sweep"], metrics["config"]["data"]["root"]
+  return metrics
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory):
+  """A 3-category folder swept serially on 1 device and per device on 2 (3 categories on 2
+  devices: one device runs a second category after its first)."""
+  tmp = tmp_path_factory.mktemp("sweeps")
+  root = tmp / "data"
+  for seed, category in enumerate(CATEGORIES):
+    _write_rgb_mvtec(root, category=category, size=32, seed=seed)
+  _cli(_sweep_args(root, tmp / "serial"), num_devices=1)
+  per_device = _cli([*_sweep_args(root, tmp / "per_device"), "--config.sweep.parallel=per_device"],
+                    num_devices=2)
+  return tmp, root, per_device
+
+
+def test_per_device_sweep_equals_serial_sweep(sweeps):
+  tmp, _, per_device = sweeps
+  assert "2 at a time (one per device)" in per_device.stderr
+  assert "TFRT_CPU_1" in per_device.stderr or "cpu:1" in per_device.stderr.lower()
+  for category in CATEGORIES:
+    serial = _results(tmp / "serial" / category / "metrics.json")
+    spread = _results(tmp / "per_device" / category / "metrics.json")
+    assert spread["run"]["devices"] == serial["run"]["devices"] == "1 x cpu"
+    assert spread == serial, category  # same single-device programs: bitwise equal
+  for table in ("results.md", "results.csv"):
+    assert ((tmp / "per_device" / "all" / table).read_text()
+            == (tmp / "serial" / "all" / table).read_text())
+
+
+def _config(root, workdir, **sweep):
+  config = load_config_file("configs/mvtec_vq.py:smoke")
+  config.data.root, config.data.category = str(root), "all"
+  config.workdir = f"{workdir}/{{category}}"
+  config.data.image_size = 32
+  for key, value in sweep.items():
+    config.sweep[key] = value
+  return config
+
+
+def test_merge_of_finished_categories_writes_the_serial_tables(sweeps, tmp_path):
+  tmp, root, _ = sweeps
+  for category in CATEGORIES:  # as a job array's tasks would have left them
+    (tmp_path / category).mkdir()
+    (tmp_path / category / "metrics.json").write_text(
+        (tmp / "serial" / category / "metrics.json").read_text())
+  per_category = experiment.run_sweep(_config(root, tmp_path, merge_only=True))
+  assert sorted(per_category) == list(CATEGORIES)
+  for table in ("results.md", "results.csv"):
+    assert (tmp_path / "all" / table).read_text() == (tmp / "serial" / "all" / table).read_text()
+
+  (tmp_path / "grid_like" / "metrics.json").unlink()  # a task that failed
+  with pytest.raises(UserInputError, match=r"1 of 3 categories have no finished run: grid_like"):
+    experiment.run_sweep(_config(root, tmp_path, merge_only=True))
+
+
+def test_category_index_runs_that_category_only(sweeps, tmp_path, monkeypatch):
+  _, root, _ = sweeps
+  ran = []
+  monkeypatch.setattr(experiment, "run", lambda config, **_: ran.append(
+      (config.data.category, config.workdir)) or {})
+  assert list(experiment.run_sweep(_config(root, tmp_path, category_index=1))) == ["grid_like"]
+  assert ran == [("grid_like", f"{tmp_path}/{{category}}")]
+  assert not (tmp_path / "all").exists()  # a task writes no sweep tables
+  with pytest.raises(UserInputError, match=r"category_index=3: there are 3 categories \(0\.\.2\)"):
+    experiment.run_sweep(_config(root, tmp_path, category_index=3))
