@@ -14,7 +14,7 @@ from metric_check import check_against_arrays
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _write_rgb_mvtec(root: pathlib.Path, category="widget", size=40, seed=0):
+def _write_rgb_mvtec(root: pathlib.Path, category="widget", size=40, seed=0, num_train=12):
   """A tiny RGB MVTec-layout folder: smooth stripes, defects are dark squares with exact masks."""
   rng = np.random.default_rng(seed)
   yy, xx = np.mgrid[0:size, 0:size] / size
@@ -29,7 +29,7 @@ def _write_rgb_mvtec(root: pathlib.Path, category="widget", size=40, seed=0):
     Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8)).save(path)
 
   cat = root / category
-  for i in range(12):
+  for i in range(num_train):
     save(clean(), cat / "train" / "good" / f"{i:03d}.png")
   for i in range(4):
     save(clean(), cat / "test" / "good" / f"{i:03d}.png")

@@ -9,6 +9,7 @@ and compound over the steps and through the codebook's argmin. Losses are compar
 """
 import json
 import os
+import re
 import pathlib
 import shutil
 import signal
@@ -130,7 +131,7 @@ def _assert_same_results(a: pathlib.Path, b: pathlib.Path):
 def two_runs(tmp_path_factory):
   """The same 4-step smoke run in 2 processes x 2 devices and in 1 process x 4 devices."""
   tmp = tmp_path_factory.mktemp("multiprocess")
-  data_root = _write_rgb_mvtec(tmp / "data", size=32)
+  data_root = _write_rgb_mvtec(tmp / "data", size=32, num_train=40)
   two = _run(tmp, "two", 2, 2, tmp / "two", data_root, num_steps=4)
   one = _run(tmp, "one", 1, 4, tmp / "one", data_root, num_steps=4)
   return tmp, data_root, two, one
@@ -141,6 +142,22 @@ def test_two_processes_equal_one_process_of_as_many_devices(two_runs):
   assert "[process 1/2]" in two.log(1)  # it did run as 2 processes
   assert "4 x cpu" in (tmp / "two" / "metrics.json").read_text()
   _assert_same_results(tmp / "two", tmp / "one")
+
+
+def _decoded_training_files(log: str) -> tuple[int, int]:
+  found = re.search(r"this process decoded (\d+) of (\d+) files", log)
+  assert found, log[-2000:]
+  return int(found[1]), int(found[2])
+
+
+def test_each_process_decodes_only_the_training_images_it_feeds(two_runs):
+  """36 training images (40 minus 4 for validation), 4 steps of 8: a process feeds 4 rows of
+  each training batch and 4 of each batch of the passes over the training set (codebook use,
+  mean-image baseline), so neither decodes them all; one process alone decodes every one."""
+  _, _, two, one = two_runs
+  decoded = [_decoded_training_files(two.log(i)) for i in range(2)]
+  assert all(total == 36 and 0 < count < 36 for count, total in decoded), decoded
+  assert _decoded_training_files(one.log(0)) == (36, 36)
 
 
 def test_only_process_0_writes_outputs(two_runs):

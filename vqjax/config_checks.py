@@ -90,6 +90,9 @@ def validate_config(config) -> None:
             texture_size)
     require(getattr(METHODS[method], "crops_large_images", False), "data.texture_image_size",
             f"unset: method {method!r} works on whole images of data.image_size", texture_size)
+  cache_mb = get(config, "data.decode_cache_mb")
+  require(_finite_number(cache_mb) and cache_mb >= 0, "data.decode_cache_mb",
+          "MB of decoded training images to keep per process (>= 0)", cache_mb)
   frac = get(config, "data.val_fraction")
   require(0.0 <= frac <= 0.5, "data.val_fraction", "a number in [0, 0.5]", frac)
 

@@ -32,6 +32,10 @@ def common_config(method: str) -> ml_collections.ConfigDict:
   # methods that work on image_size crops of them (FAVAE §5.1: 512); unset: image_size.
   config.data.texture_image_size = config_dict.placeholder(int)
   config.data.val_fraction = 0.1
+  # MVTec-layout folders: training images are decoded when a batch needs them, by the process
+  # that feeds them, and kept decoded up to this many MB per process (a category of MVTec AD
+  # fits whole; a 100k-image folder streams). Test/val images are decoded up front.
+  config.data.decode_cache_mb = 4096
   config.data.download = False  # one-vs-rest sets: let tensorflow-datasets download (online)
 
   # Training augmentation on device (vqjax/data/augment.py): none | auto (§4.3.1 of Wang

@@ -8,10 +8,9 @@ from vqjax import metrics
 from vqjax.inference import to_unit_range_host
 
 
-def mean_image_baseline(train_images: np.ndarray, images: np.ndarray) -> np.ndarray:
-  """Trivial baseline: per-pixel L2 distance (over channels) to the mean training image.
-  train_images, images uint8 [N,H,W,C] -> maps [N,H,W] float32."""
-  mean_image = to_unit_range_host(train_images, np.float64).mean(axis=0)
+def mean_image_baseline(mean_image: np.ndarray, images: np.ndarray) -> np.ndarray:
+  """Trivial baseline: per-pixel L2 distance (over channels) to the mean training image
+  (inference.mean_image, [H,W,C] in [0,1]). images uint8 [N,H,W,C] -> maps [N,H,W] float32."""
   diff = to_unit_range_host(images, np.float64) - mean_image
   return np.sqrt(np.sum(diff**2, axis=-1)).astype(np.float32)
 

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from vqjax import data, evaluate, inference, report, sharding
+from vqjax.data.files import ImageFiles
 from vqjax import predict as model_file
 from vqjax.errors import UserInputError
 from vqjax.methods import get_method
@@ -26,7 +27,7 @@ logger = logging.getLogger("vqjax")
 # Keys that may change between a run and its resumption in the same workdir.
 _RESUMABLE_KEYS = ("train.num_steps", "train.num_epochs", "train.log_every",
                    "train.checkpoint_every", "train.max_checkpoints", "eval", "workdir",
-                   "sweep")
+                   "sweep", "data.decode_cache_mb")
 # Optimisation settings that may change on resume (in any training block: train, prior_train,
 # kd_train): they change no parameter or optimizer-state shape, so a run that diverged can go
 # on from its last good checkpoint at a lower rate.
@@ -182,11 +183,19 @@ def _run_locked(config, workdir: pathlib.Path, show_progress: bool) -> dict:
 
   results = evaluate.score_maps(test["maps"], dataset.test, config.eval,
                                 val["maps"] if has_val else None, scores=test.get("scores"))
-  baseline = lambda split: {"mean_image": evaluate.mean_image_baseline(dataset.train.images,
-                                                                       split.images)}
+  train_mean = inference.mean_image(dataset.train.images, config.eval.batch_size)
+  baseline = lambda split: {"mean_image": evaluate.mean_image_baseline(train_mean, split.images)}
   baseline_test = baseline(dataset.test)
   baselines = evaluate.score_maps(baseline_test, dataset.test, config.eval,
                                   baseline(dataset.val) if has_val else None)
+  train_images = dataset.train.images
+  if isinstance(train_images, ImageFiles):
+    logger.info("training images: this process decoded %d of %d files (%d decodes, training "
+                "and the passes over them), keeps %d decoded (%.0f MB; data.decode_cache_mb)",
+                len(train_images.decoded_files),
+                len(train_images), train_images.decoded, train_images.cached,
+                train_images.cached * np.prod(train_images.shape[1:]) / 2**20)
+
   run_info = {
       "method": config.method, "dataset": config.data.dataset, "category": dataset.category,
       "data": source, "image_size": int(dataset.test.images.shape[1]),  # as evaluated

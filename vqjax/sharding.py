@@ -55,13 +55,24 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P("data"))
 
 
-def put_global_batch(batch: np.ndarray, mesh: Mesh) -> jax.Array:
-  """Places this process's share of a global batch [B,...] (identical on all processes).
-
-  Each process reads only its contiguous slice, so the same host code runs on 1 CPU,
-  8 GPUs or many hosts (`jax.distributed`).
-  """
-  per_process = batch.shape[0] // jax.process_count()
+def process_rows(batch_size: int) -> slice:
+  """This process's contiguous share of the rows of a global batch (the rows its devices
+  hold in a `data`-sharded array)."""
+  per_process = batch_size // jax.process_count()
   start = jax.process_index() * per_process
-  local = batch[start:start + per_process]
-  return jax.make_array_from_process_local_data(batch_sharded(mesh), local, batch.shape)
+  return slice(start, start + per_process)
+
+
+def put_process_batch(data, indices: np.ndarray, mesh: Mesh) -> jax.Array:
+  """The global batch data[indices] (indices identical on every process) as one array
+  sharded over `mesh`, reading only this process's rows of it: with data decoded on demand
+  (vqjax.data.files.ImageFiles), each process decodes only the images it feeds. The same
+  host code runs on 1 CPU, 8 GPUs or many hosts (`jax.distributed`)."""
+  return put_local_rows(np.asarray(data[indices[process_rows(len(indices))]]), len(indices),
+                        mesh)
+
+
+def put_local_rows(local: np.ndarray, batch_size: int, mesh: Mesh) -> jax.Array:
+  """This process's rows (process_rows(batch_size)) of a global batch -> the global array."""
+  return jax.make_array_from_process_local_data(batch_sharded(mesh), local,
+                                                (batch_size, *local.shape[1:]))

@@ -12,6 +12,7 @@ recorded in <workdir>/frozen.json and checked on resume.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import json
@@ -324,6 +325,31 @@ def _restore_newest_good(manager, abstract, workdir: pathlib.Path, train_config,
       f"Use a new --config.workdir, or delete {root} to start over. Causes: {causes}")
 
 
+class _BatchReader:
+  """This process's rows of each global batch (sharding.process_rows), read one step ahead
+  in a background thread so that decoding images on demand overlaps the device's step."""
+
+  def __init__(self, data, batch_size: int):
+    self._data = data
+    self._rows = sharding.process_rows(batch_size)
+    self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vqjax-batches")
+    self._ahead: tuple[int, concurrent.futures.Future] | None = None
+
+  def _read(self, indices: np.ndarray) -> np.ndarray:
+    return np.asarray(self._data[indices[self._rows]])
+
+  def local_rows(self, step: int, indices: np.ndarray) -> np.ndarray:
+    if self._ahead is not None and self._ahead[0] == step:
+      return self._ahead[1].result()
+    return self._read(indices)
+
+  def read_ahead(self, step: int, indices: np.ndarray) -> None:
+    self._ahead = (step, self._pool.submit(self._read, indices))
+
+  def close(self):
+    self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 class _StopOnCtrlC:
   """While installed, the first Ctrl-C (SIGINT) only asks the loop to stop after the current step,
   so it never lands inside a checkpoint write (orbax's threads would be torn down mid-save);
@@ -422,6 +448,7 @@ def run_training(program: TrainProgram, config, train_data: np.ndarray, workdir:
                      "checkpointed")
     manager.save(step, args=ocp.args.StandardSave(state), force=force)
 
+  reader = _BatchReader(train_data, tc.batch_size)
   ctrl_c = _StopOnCtrlC()
   try:
     ctrl_c.install()
@@ -429,7 +456,7 @@ def run_training(program: TrainProgram, config, train_data: np.ndarray, workdir:
       if ctrl_c.requested:
         raise KeyboardInterrupt
       idx = batch_indices(step, tc.batch_size, len(train_data), config.seed)
-      batch = sharding.put_global_batch(train_data[idx], mesh)
+      batch = sharding.put_local_rows(reader.local_rows(step, idx), tc.batch_size, mesh)
       state, metrics = train_step(state, batch, step_key, frozen)
       if step == start:
         jax.block_until_ready(state)  # first call = compile + run; timed apart
@@ -464,6 +491,8 @@ def run_training(program: TrainProgram, config, train_data: np.ndarray, workdir:
         t_window, examples_in_window = time.perf_counter(), 0
       progress.update(1)
       save(done)
+      if done < num_steps:  # read the next batch's rows while the devices run this step
+        reader.read_ahead(done, batch_indices(done, tc.batch_size, len(train_data), config.seed))
     if ctrl_c.requested:  # Ctrl-C during the last step: stop here, not in the next stage
       raise KeyboardInterrupt
   except KeyboardInterrupt:
@@ -478,6 +507,7 @@ def run_training(program: TrainProgram, config, train_data: np.ndarray, workdir:
     raise
   finally:
     ctrl_c.uninstall()
+    reader.close()
     progress.close()
     scalar_log.close()
   if num_steps > start and manager.latest_step() != num_steps:

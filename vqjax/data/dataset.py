@@ -5,13 +5,16 @@ import dataclasses
 
 import numpy as np
 
+from vqjax.data.files import ImageFiles
+
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq=False: arrays have no boolean ==
 class Split:
   """One split, fully decoded.
 
-  images:   [N,H,W,C] uint8, C in {1,3}.
-  masks:    [N,H,W] bool, True = anomalous pixel; all False for normal images.
+  images:   [N,H,W,C] uint8, C in {1,3}; or ImageFiles (training images decoded on demand).
+  masks:    [N,H,W] bool, True = anomalous pixel; all False for normal images (for a split of
+            normal images a read-only broadcast of one all-False mask: no N x H x W bytes).
   labels:   [N] int32, 0 = normal, 1 = anomalous.
   names:    N identifiers, e.g. paths relative to <root>/<category> ('test/scratch/003.png').
   has_mask: [N] bool, False where no pixel ground truth exists (pixel metrics skip those
@@ -46,7 +49,11 @@ class Split:
     return self.has_mask
 
   def take(self, index: np.ndarray) -> "Split":
-    return Split(images=self.images[index], masks=self.masks[index],
+    images = (self.images.take(index) if isinstance(self.images, ImageFiles)
+              else self.images[index])
+    masks = (self.masks[index] if self.masks.strides[0] else  # all-False masks of normal
+             np.broadcast_to(self.masks[:1], (len(index), *self.masks.shape[1:])))  # images
+    return Split(images=images, masks=masks,
                  labels=self.labels[index], names=tuple(self.names[i] for i in index),
                  has_mask=None if self.has_mask is None else self.has_mask[index])
 

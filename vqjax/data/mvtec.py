@@ -6,12 +6,14 @@ Layout of one category::
     <root>/<category>/test/<defect>/*.png              (defect 'good' = normal)
     <root>/<category>/ground_truth/<defect>/<stem>_mask.png   (every non-good test image)
 
-Everything is decoded eagerly into memory, resized to a square `image_size`.
+Test (and validation) images are decoded into memory, resized to a square `image_size`;
+training images too, or, with decode_cache_mb, when a batch needs them (vqjax.data.files).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import logging
 import math
 import os
@@ -22,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from vqjax.data.dataset import Dataset, Split, hold_out_validation
+from vqjax.data.files import ImageFiles
 # Decoding lives in vqjax.image_files, shared with `predict` and the exported-model loader.
 from vqjax.image_files import (IMAGE_EXTENSIONS, SIXTEEN_BIT_MODES, channels_for, image_array,
                                is_image_file as _is_image_file, read_image)
@@ -49,11 +52,14 @@ def list_categories(root) -> list[str]:
 
 
 def load_mvtec(root, category: str, image_size: int, val_fraction: float = 0.1,
-               seed: int = 0) -> Dataset:
+               seed: int = 0, decode_cache_mb: float | None = None) -> Dataset:
   """Load one category, resized to [image_size, image_size].
 
   The validation split is a seeded random slice of train/good (never test images);
   its size is max(1, round(val_fraction * n)) when val_fraction > 0 and n >= 2, else 0.
+  decode_cache_mb: None decodes every image now; a number leaves the training images as
+  files decoded when fed (ImageFiles), keeping up to that many MB of them decoded (val and
+  test, which every process evaluates whole, are decoded now either way).
   """
   check_image_size(image_size)
   check_val_fraction(val_fraction)
@@ -64,12 +70,24 @@ def load_mvtec(root, category: str, image_size: int, val_fraction: float = 0.1,
   test_items = _test_items(category_dir)
   num_channels = channels_for([*train_paths, *(p for p, _ in test_items)])
   logger.info("category %s: %s images", category, "greyscale" if num_channels == 1 else "RGB")
-  train_good = _load_split(category_dir, [(p, None) for p in train_paths], image_size,
-                           num_channels)
+  if decode_cache_mb is None:
+    train_good = _load_split(category_dir, [(p, None) for p in train_paths], image_size,
+                             num_channels)
+  else:
+    train_good = Split(
+        images=ImageFiles(train_paths, image_size, num_channels, int(decode_cache_mb * 2**20)),
+        masks=np.broadcast_to(np.zeros((1, image_size, image_size), bool),
+                              (len(train_paths), image_size, image_size)),
+        labels=np.zeros(len(train_paths), np.int32),
+        names=tuple(p.relative_to(category_dir).as_posix() for p in train_paths))
 
   test = _load_split(category_dir, test_items, image_size, num_channels)
 
-  return hold_out_validation(category, train_good, test, val_fraction, seed)
+  dataset = hold_out_validation(category, train_good, test, val_fraction, seed)
+  if isinstance(dataset.val.images, ImageFiles):
+    dataset = dataclasses.replace(dataset, val=dataclasses.replace(
+        dataset.val, images=np.asarray(dataset.val.images)))
+  return dataset
 
 
 # --- argument checks -------------------------------------------------------------------

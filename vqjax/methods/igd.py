@@ -36,6 +36,7 @@ import numpy as np
 import optax
 
 from vqjax.config_checks import get, one_of, positive_int, require
+from vqjax import inference, sharding
 from vqjax.inference import to_unit_range
 from vqjax.models import COMPUTE_DTYPES
 from vqjax.models.backbones import IMAGENET_MEAN, IMAGENET_STD, VGG16, ResNet18, imagenet_normalize
@@ -301,15 +302,24 @@ class IGDMethod:
                                               method=IGDAutoencoder.encode)
     return out
 
-  def estimate_gsvdd(self, params, model_state, images: np.ndarray) -> dict:
+  @functools.lru_cache(maxsize=4)  # one compilation per mesh, not per E-step
+  def _codes_fn(self, mesh):
+    def codes_per_image(variables, images):
+      out = self._codes(variables["params"], variables["model_state"], images)
+      return {s: c.reshape(images.shape[0], -1, c.shape[-1]) for s, c in out.items()}
+    return inference.make_predict_fn(codes_per_image, mesh)
+
+  def estimate_gsvdd(self, params, model_state, images) -> dict:
     """E-step over the training images: mu = mean code; sigma^2 = max(kappa x mean squared
-    distance, floor), per scale (local: over all patches). float64 accumulation on the host."""
-    codes = {s: [] for s in self.scales}
-    for start in range(0, len(images), BATCH_FOR_STATISTICS):
-      out = jax.device_get(self._codes(params, model_state,
-                                       jnp.asarray(images[start:start + BATCH_FOR_STATISTICS])))
-      for s in self.scales:
-        codes[s].append(np.asarray(out[s], np.float64))
+    distance, floor), per scale (local: over all patches). float64 accumulation on the host.
+    Batched over every device of the run (each process reads its rows of each batch)."""
+    mesh = sharding.make_data_mesh()
+    batch_size = -(-BATCH_FOR_STATISTICS // mesh.size) * mesh.size
+    out = inference.predict_split(self._codes_fn(mesh), {"params": params,
+                                                         "model_state": model_state},
+                                  images, batch_size, mesh)
+    codes = {s: [np.asarray(out[s], np.float64).reshape(-1, out[s].shape[-1])]
+             for s in self.scales}
     result = {}
     for s in self.scales:
       z = np.concatenate(codes[s])
@@ -323,8 +333,7 @@ class IGDMethod:
   def _em_hook(self, every: int) -> PeriodicHook:
     def e_step(state, frozen, data):
       gsvdd = self.estimate_gsvdd(state.params, state.model_state, data)
-      replicated = jax.tree.map(lambda x: x.sharding, state.gsvdd)
-      return state.replace(gsvdd=jax.device_put(gsvdd, replicated))
+      return state.replace(gsvdd=sharding.put_replicated(gsvdd, sharding.make_data_mesh()))
     return PeriodicHook(every=every, fn=e_step, name="gsvdd_e_step", at_start=True)
 
   # --- knowledge distillation -------------------------------------------------------------
@@ -359,7 +368,8 @@ class IGDMethod:
     The program trains on image indices [N,1]: the images and their precomputed teacher
     features ride along as frozen inputs (never checkpointed; the teacher's checksum is)."""
     optimizer = make_optimizer(kd_config, num_steps)
-    frozen = FrozenVariables({"images": jnp.asarray(images),
+    # The images ride along whole: every training image is decoded here (on every process).
+    frozen = FrozenVariables({"images": jnp.asarray(np.asarray(images)),
                               "targets": jax.tree.map(jnp.asarray,
                                                       self.kd_targets(teacher.variables, images))},
                              teacher.info)
