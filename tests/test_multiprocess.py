@@ -85,7 +85,7 @@ def _run(tmp, name, num_processes, devices_per_process, workdir, data_root, num_
       f"--config.data.root={data_root}", "--config.data.category=widget",
       f"--config.workdir={workdir}", "--config.data.image_size=32",
       f"--config.train.num_steps={num_steps}", "--config.train.checkpoint_every=2",
-      "--config.train.log_every=1"], root=tmp)
+      "--config.train.log_every=1", "--config.eval.num_overlays=0"], root=tmp)
   codes = launch.wait()
   assert codes == [0] * num_processes, "\n".join(
       f"--- process {i} (exit {c}):\n{launch.log(i)[-3000:]}" for i, c in enumerate(codes))

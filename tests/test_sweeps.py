@@ -20,7 +20,8 @@ CATEGORIES = ("carpet_like", "grid_like", "wood_like")
 
 def _sweep_args(root, workdir):
   return [f"--config.data.root={root}", "--config.data.category=all",
-          f"--config.workdir={workdir}/{{category}}", "--config.data.image_size=32"]
+          f"--config.workdir={workdir}/{{category}}", "--config.data.image_size=32",
+          "--config.train.num_steps=2", "--config.eval.num_overlays=0"]
 
 
 def _cli(args, num_devices: int):
@@ -73,6 +74,7 @@ def _config(root, workdir, **sweep):
   config.data.root, config.data.category = str(root), "all"
   config.workdir = f"{workdir}/{{category}}"
   config.data.image_size = 32
+  config.train.num_steps, config.eval.num_overlays = 2, 0
   for key, value in sweep.items():
     config.sweep[key] = value
   return config
