@@ -124,7 +124,8 @@ def _launch(args, devices_per_process: int, processes: int) -> dict:
 
 def _markdown(rows: list[dict], info: dict) -> str:
   base = rows[0]
-  lines = [f"# Data-parallel scaling ({info['platform']}: {info['device']})", "",
+  lines = [f"# Data-parallel scaling ({info['platform'].upper()}, device kind "
+           f"{info['device']})", "",
            f"`{info['command']}`, {info['date_utc']}, {info['cpu_count']} CPU cores, "
            f"{info['per_device_batch']} images per device at {info['image_size']} px "
            f"(default preset). {info['note']}", "",
@@ -159,7 +160,9 @@ def _figure(rows: list[dict], info: dict, path: pathlib.Path) -> None:
     ax.set_title(title)
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=7)
-  fig.suptitle(f"{info['platform']}: {info['device']} ({info['note_short']})", fontsize=9)
+  fig.suptitle(f"{info['platform'].upper()}, {info['cpu_count']} cores"
+               + (f": {info['note_short']}" if info["note_short"] else f": {info['device']}"),
+               fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
 
