@@ -81,6 +81,7 @@ def _worker(args) -> dict:
   inference.predict_split(predict_fn, variables, split, batch, mesh)
   infer_s = (time.perf_counter() - t0) / args.steps
   return {"processes": jax.process_count(), "devices": devices, "batch": batch,
+          "image_size": size,
           "device_kind": jax.devices()[0].device_kind,
           "train_images_per_s": batch / train_s, "train_step_ms": 1e3 * train_s,
           "train_first_call_s": train_first,
@@ -115,7 +116,13 @@ def _launch(args, devices_per_process: int, processes: int) -> dict:
       command.append("--distributed")
     children.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True))
-  outputs = [child.communicate(timeout=args.timeout) for child in children]
+  try:
+    outputs = [child.communicate(timeout=args.timeout) for child in children]
+  finally:
+    for child in children:  # a timeout or a failed peer leaves none behind
+      if child.poll() is None:
+        child.kill()
+        child.wait()
   for child, (_, err) in zip(children, outputs):
     if child.returncode != 0:
       raise RuntimeError(f"worker failed ({child.returncode}): {err[-2000:]}")
@@ -198,7 +205,7 @@ def main(argv=None):
                                               "benchmarks.scaling"),
           "git": environment.git_state(),
           "cpu_count": os.cpu_count(), "per_device_batch": args.per_device_batch,
-          "image_size": 64, "note_short": "fake devices sharing the cores" if fake else "",
+          "image_size": rows[0]["image_size"], "note_short": "fake devices sharing the cores" if fake else "",
           "note": ("Fake CPU devices (JAX_NUM_CPU_DEVICES) share the same cores: flat or falling "
                    "images/s is the expected result; what the table shows is the harness's "
                    "overhead per device and per process, not GPU scaling." if fake else "")}

@@ -11,6 +11,7 @@ from test_train import _smoke_config, _tiny_images
 from vqjax import sharding, train as train_lib
 from vqjax.data import mvtec
 from vqjax.data.files import ImageFiles
+from vqjax.errors import UserInputError
 from vqjax.methods import get_method
 
 
@@ -68,7 +69,8 @@ def test_a_bad_file_is_named_when_it_is_fed(folder):
   paths[3].write_bytes(b"not a png")
   files = ImageFiles(paths, 32, 3, cache_bytes=0)
   files[np.array([0, 1])]
-  with pytest.raises(ValueError, match=r"cannot decode image file .*003\.png"):
+  with pytest.raises(UserInputError, match=r"cannot decode image file .*003\.png.*\(a training "
+                     r"image, decoded when first fed\); fix or remove the file"):
     files[np.array([2, 3])]
 
 

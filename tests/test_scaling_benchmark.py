@@ -13,6 +13,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 def _row(processes, devices, train, inference):
   return {"processes": processes, "devices": devices, "batch": 8 * devices, "device_kind": "cpu",
+          "image_size": 64,
           "train_images_per_s": train, "train_step_ms": 1e3 * 8 * devices / train,
           "train_first_call_s": 1.0, "inference_images_per_s": inference,
           "inference_batch_ms": 1e3 * 8 * devices / inference}

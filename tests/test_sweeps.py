@@ -36,7 +36,8 @@ def _cli(args, num_devices: int):
 def _results(metrics_path: pathlib.Path) -> dict:
   """metrics.json without what differs between two equal runs (timings, paths, sweep mode)."""
   metrics = json.loads(metrics_path.read_text())
-  metrics["run"] = {k: v for k, v in metrics["run"].items() if not k.endswith("seconds")}
+  metrics["run"] = {k: v for k, v in metrics["run"].items()
+                    if not k.endswith("seconds") and k != "device_ids"}
   del metrics["config"]["workdir"], metrics["config"]["sweep"], metrics["config"]["data"]["root"]
   return metrics
 
@@ -58,7 +59,9 @@ def sweeps(tmp_path_factory):
 def test_per_device_sweep_equals_serial_sweep(sweeps):
   tmp, _, per_device = sweeps
   assert "2 at a time (one per device)" in per_device.stderr
-  assert "TFRT_CPU_1" in per_device.stderr or "cpu:1" in per_device.stderr.lower()
+  used = [json.loads((tmp / "per_device" / c / "metrics.json").read_text())["run"]["device_ids"]
+          for c in CATEGORIES]
+  assert all(len(ids) == 1 for ids in used) and {ids[0] for ids in used} == {0, 1}, used
   for category in CATEGORIES:
     serial = _results(tmp / "serial" / category / "metrics.json")
     spread = _results(tmp / "per_device" / category / "metrics.json")
@@ -106,3 +109,29 @@ def test_category_index_runs_that_category_only(sweeps, tmp_path, monkeypatch):
   assert not (tmp_path / "all").exists()  # a task writes no sweep tables
   with pytest.raises(UserInputError, match=r"category_index=3: there are 3 categories \(0\.\.2\)"):
     experiment.run_sweep(_config(root, tmp_path, category_index=3))
+
+
+def test_a_failing_category_stops_the_per_device_sweep(monkeypatch, tmp_path):
+  """The first failure stops the categories running beside it (they save and stop, as on
+  Ctrl-C) and cancels the queued ones; the error is raised, naming its category in the log."""
+  import threading
+  import jax
+  from vqjax import train
+  monkeypatch.setattr(experiment.jax, "local_devices", lambda: [jax.devices()[0]] * 2)
+  started = []
+  b_running = threading.Event()
+
+  def fake_run(config, **_):
+    category = config.data.category
+    started.append(category)
+    if category == "a":
+      assert b_running.wait(30)
+      raise UserInputError("category a is broken")
+    b_running.set()
+    assert train._stop_event.get().wait(30)  # asked to stop by the failure of "a"
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(experiment, "run", fake_run)
+  with pytest.raises(UserInputError, match="category a is broken"):
+    experiment._run_per_device(_config(tmp_path, tmp_path), ["a", "b", "c"], False)
+  assert sorted(started) == ["a", "b"]  # "c" was queued and never started

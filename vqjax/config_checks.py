@@ -102,7 +102,8 @@ def validate_config(config) -> None:
           "-1 (every category) or the index of one category", config.sweep.category_index)
   require(isinstance(get(config, "sweep.merge_only"), bool), "sweep.merge_only", "True or False",
           config.sweep.merge_only)
-  per_device = config.data.category == "all" and config.sweep.parallel == "per_device"
+  per_device = (config.data.category == "all" and config.sweep.parallel == "per_device"
+                and config.sweep.category_index < 0 and not config.sweep.merge_only)
   n_dev = 1 if per_device else jax.device_count()  # per_device: each run has one device
   for key in ("train.batch_size", "eval.batch_size"):
     value = positive_int(config, key)

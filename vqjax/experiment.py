@@ -10,12 +10,13 @@ import os
 import pathlib
 import queue
 import socket
+import threading
 import time
 
 import jax
 import numpy as np
 
-from vqjax import data, evaluate, inference, report, sharding
+from vqjax import data, evaluate, inference, report, sharding, train
 from vqjax.data.files import ImageFiles
 from vqjax import predict as model_file
 from vqjax.errors import UserInputError
@@ -207,6 +208,7 @@ def _run_locked(config, workdir: pathlib.Path, show_progress: bool) -> dict:
       "compile_seconds": train_summary["compile_seconds"], "eval_seconds": eval_seconds,
       "total_seconds": time.perf_counter() - t0,
       "devices": f"{mesh.size} x {mesh.devices.flat[0].device_kind}",
+      "device_ids": [int(d.id) for d in mesh.devices.flat],
       "image_score": config.eval.image_score,
   }
   if has_val:
@@ -287,19 +289,36 @@ def _run_per_device(config, categories, show_progress: bool) -> dict[str, dict]:
   logger.info("sweep: %d categories, %d at a time (one per device)", len(categories),
               free_devices.qsize())
 
+  stop = threading.Event()  # set on a failure or Ctrl-C: running categories stop and save
+
   def run_one(category):
+    if stop.is_set():  # queued behind a failure: not started
+      return None
     device = free_devices.get()
     try:
       logger.info("category %s: on %s", category, device)
-      with sharding.run_on([device]):
+      with sharding.run_on([device]), train.stop_when(stop):
         # Progress bars of concurrent runs would overwrite each other: log lines only.
         return run(_category_config(config, category), show_progress=False)
+    except Exception as error:
+      stop.set()  # here, before this thread takes the next queued category
+      logger.error("category %s failed: %s", category, error)
+      raise
     finally:
       free_devices.put(device)
 
-  with concurrent.futures.ThreadPoolExecutor(free_devices.qsize()) as pool:
-    futures = {category: pool.submit(run_one, category) for category in categories}
-    return {category: future.result() for category, future in futures.items()}
+  pool = concurrent.futures.ThreadPoolExecutor(free_devices.qsize(),
+                                               thread_name_prefix="vqjax-sweep")
+  futures = {category: pool.submit(run_one, category) for category in categories}
+  try:
+    for future in concurrent.futures.as_completed(futures.values()):
+      future.result()  # the first failure stops the sweep, as in a serial one
+  except BaseException:  # a failure, or Ctrl-C (which only the main thread receives)
+    stop.set()
+    pool.shutdown(wait=True, cancel_futures=True)  # running ones save their step and stop
+    raise
+  pool.shutdown()
+  return {category: future.result() for category, future in futures.items()}
 
 
 def run_sweep(config, *, show_progress: bool = True) -> dict[str, dict]:

@@ -53,6 +53,8 @@ def mean_image(images, batch_size: int) -> np.ndarray:
   """Mean [H,W,C] float64 in [0,1] of uint8 images [N,H,W,C] (an array, or images decoded on
   demand): each process sums its rows of each batch of `batch_size`, the exact integer sums
   are added across processes."""
+  if images.dtype != np.uint8:
+    raise TypeError(f"mean_image takes uint8 images, got {images.dtype}")
   local_sum = np.zeros(images.shape[1:], np.int64)
   for start in range(0, len(images), batch_size):
     indices = np.arange(start, min(start + batch_size, len(images)))

@@ -12,6 +12,7 @@ import logging
 import os
 import pathlib
 import sys
+import traceback
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -119,9 +120,25 @@ def format_results(metrics_json: dict, variants) -> str:
   return "\n".join(lines)
 
 
+def _several_processes() -> bool:
+  return jax.distributed.is_initialized() and jax.process_count() > 1
+
+
 def _fail(message: str, code: int) -> None:
-  print(f"error: {message}", file=sys.stderr)
+  if _several_processes():
+    message = f"process {jax.process_index()}: {message}"
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  if _several_processes():
+    # Not a normal exit: jax's shutdown barrier would wait for the other processes, which
+    # wait in a collective for this one; without it they stop within --heartbeat_timeout.
+    logging.shutdown()
+    os._exit(code)
   raise SystemExit(code)
+
+
+# Failures of a collective that mean a peer is gone, not a fault of this process.
+_PEER_LOST = ("UNAVAILABLE", "ABORTED", "DEADLINE_EXCEEDED", "Connection reset", "Connection "
+              "refused", "Gloo", "heartbeat")
 
 
 def _use_trained_model() -> None:
@@ -158,17 +175,17 @@ def main(argv):
   except FloatingPointError as e:  # training diverged: the message says what to change
     _fail(str(e), 1)
   except jax.errors.JaxRuntimeError as e:
-    if jax.process_count() == 1:
+    if not _several_processes():
       raise
-    # A collective with a process that died (killed, preempted, out of memory) fails here,
-    # unless the coordination service notices its silence first and ends this process itself.
-    print(f"error: process {jax.process_index()}: a collective with the other processes "
-          f"failed ({str(e).strip().splitlines()[0][:300]}); another process has probably died "
-          "or been stopped: see its log. Rerun the same command to resume from the last "
-          "checkpoint.", file=sys.stderr, flush=True)
-    # Not a normal exit: jax's shutdown barrier would wait for the dead process (up to
-    # --heartbeat_timeout) and then abort with a page of C++ stack.
-    os._exit(1)
+    first_line = str(e).strip().splitlines()[0][:300]
+    if any(sign in str(e) for sign in _PEER_LOST):
+      # A collective with a process that died (killed, preempted, out of memory) fails here,
+      # unless the coordination service notices its silence first and ends this one itself.
+      _fail(f"a collective with the other processes failed ({first_line}); another process "
+            "has probably died or been stopped: see its log. Rerun the same command to "
+            "resume from the last checkpoint.", 1)
+    traceback.print_exc()  # this process's own failure (out of memory, a bug): the details
+    _fail(first_line, 1)
   except OSError as e:  # unwritable workdir, a file where a folder should be, full disk...
     where = f" ({e.filename})" if e.filename else ""
     _fail(f"{e.strerror or e}{where}: check that the workdir / output folder is a writable "

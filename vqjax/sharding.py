@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 
 import jax
 import numpy as np
@@ -36,7 +37,13 @@ def make_data_mesh() -> Mesh:
   """
   devices = _run_devices.get()
   if devices is None:
-    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
+    if jax.device_count() != jax.local_device_count() * jax.process_count():
+      raise ValueError(f"every process must have as many devices: this one has "
+                       f"{jax.local_device_count()}, {jax.process_count()} processes have "
+                       f"{jax.device_count()} in all")
+    # In process order, so that process p's devices hold rows process_rows() of every batch
+    # (jax.make_mesh orders by topology, which need not group a process's devices).
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
   return Mesh(np.asarray(devices), ("data",), axis_types=(AxisType.Auto,))
 
 
@@ -48,7 +55,12 @@ def put_replicated(tree, mesh: Mesh):
   """Places host values or arrays (identical on every process: parameters, keys, frozen
   weights) on every device of `mesh`. Unlike jax.device_put, this also works when the mesh
   spans other processes' devices."""
-  return jax.jit(lambda t: t, out_shardings=replicated(mesh))(tree)
+  return _replicate_fn(mesh)(tree)
+
+
+@functools.lru_cache(maxsize=None)  # one jitted identity per mesh (periodic hooks call it)
+def _replicate_fn(mesh: Mesh):
+  return jax.jit(lambda tree: tree, out_shardings=replicated(mesh))
 
 
 def batch_sharded(mesh: Mesh) -> NamedSharding:

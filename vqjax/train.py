@@ -13,6 +13,8 @@ recorded in <workdir>/frozen.json and checked on resume.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import contextvars
 import dataclasses
 import functools
 import json
@@ -350,6 +352,23 @@ class _BatchReader:
     self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+# Set by a caller that runs trainings in threads (vqjax.experiment's per-device sweep): when
+# the event is set, the run in this thread stops after its current step, as on Ctrl-C.
+_stop_event: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
+    "vqjax_stop_event", default=None)
+
+
+@contextlib.contextmanager
+def stop_when(event: threading.Event):
+  """Trainings started in this block (in this thread) stop after their current step, saving
+  it, once `event` is set."""
+  token = _stop_event.set(event)
+  try:
+    yield
+  finally:
+    _stop_event.reset(token)
+
+
 class _StopOnCtrlC:
   """While installed, the first Ctrl-C (SIGINT) only asks the loop to stop after the current step,
   so it never lands inside a checkpoint write (orbax's threads would be torn down mid-save);
@@ -450,10 +469,24 @@ def run_training(program: TrainProgram, config, train_data: np.ndarray, workdir:
 
   reader = _BatchReader(train_data, tc.batch_size)
   ctrl_c = _StopOnCtrlC()
+  external_stop = _stop_event.get()
+
+  def stop_requested(step: int, last: bool = False) -> bool:
+    """Ctrl-C here, or a stop asked by whoever runs this (a per-device sweep). Several
+    processes must stop at the same step (the next one is a collective), so they agree on it,
+    at log steps only: that is one small all-gather every log_every steps."""
+    local = ctrl_c.requested or (external_stop is not None and external_stop.is_set())
+    if jax.process_count() == 1:
+      return local
+    if not last and step % tc.log_every != 0:
+      return False
+    from jax.experimental import multihost_utils  # local: multi-host only
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(local))))
+
   try:
     ctrl_c.install()
     for step in range(start, num_steps):
-      if ctrl_c.requested:
+      if stop_requested(step):
         raise KeyboardInterrupt
       idx = batch_indices(step, tc.batch_size, len(train_data), config.seed)
       batch = sharding.put_local_rows(reader.local_rows(step, idx), tc.batch_size, mesh)
@@ -493,7 +526,8 @@ def run_training(program: TrainProgram, config, train_data: np.ndarray, workdir:
       save(done)
       if done < num_steps:  # read the next batch's rows while the devices run this step
         reader.read_ahead(done, batch_indices(done, tc.batch_size, len(train_data), config.seed))
-    if ctrl_c.requested:  # Ctrl-C during the last step: stop here, not in the next stage
+    if stop_requested(num_steps, last=True):  # Ctrl-C during the last step: stop here,
+      # not in the next stage
       raise KeyboardInterrupt
   except KeyboardInterrupt:
     # Keep the work done so far; a rerun with the same workdir resumes from here.

@@ -49,6 +49,7 @@ class Split:
     return self.has_mask
 
   def take(self, index: np.ndarray) -> "Split":
+    index = np.arange(len(self))[index]  # boolean masks too
     images = (self.images.take(index) if isinstance(self.images, ImageFiles)
               else self.images[index])
     masks = (self.masks[index] if self.masks.strides[0] else  # all-False masks of normal

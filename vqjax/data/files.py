@@ -15,15 +15,17 @@ import threading
 
 import numpy as np
 
+from vqjax.errors import UserInputError
 from vqjax.image_files import image_array, read_image
 
 
 class ImageFiles:
   """[N, image_size, image_size, num_channels] uint8 images as files, decoded on demand.
 
-  Decoded images are kept while they fit in `cache_bytes` (the first ones decoded; no
-  eviction: with a fresh random permutation per epoch any eviction order hits as rarely, and
-  keeping costs no churn). A category of MVTec AD fits whole; a 100k-image folder keeps
+  Decoded images are kept while they fit in `cache_bytes`: the first ones decoded, no
+  eviction (with a fresh random permutation per epoch any eviction order hits as rarely, and
+  keeping costs no churn). The budget is per ImageFiles, i.e. per run and process; a
+  per-device sweep holds one per category it runs at once. A category of MVTec AD fits whole; a 100k-image folder keeps
   cache_bytes' worth and decodes the rest again when fed again.
   """
 
@@ -47,16 +49,21 @@ class ImageFiles:
     return len(self._cache)
 
   def _decode(self, i: int) -> np.ndarray:
-    image = image_array(read_image(self.paths[i]), self.shape[3], self.shape[1])
+    try:
+      image = image_array(read_image(self.paths[i]), self.shape[3], self.shape[1])
+    except ValueError as error:  # names the file; found when fed, not at load
+      raise UserInputError(f"{error} (a training image, decoded when first fed); fix or "
+                           "remove the file and rerun: the run resumes from its last "
+                           "checkpoint") from None
     with self._lock:
       self.decoded += 1
       self.decoded_files.add(i)
-      if len(self._cache) < self._cache_limit:
-        self._cache[i] = image
     return image
 
   def __getitem__(self, index) -> np.ndarray:
-    """Rows `index` (an int, a slice or an integer array) as a uint8 array."""
+    """Rows `index` (an int, a slice, an integer or boolean array) as a uint8 array."""
+    if isinstance(index, tuple):
+      raise IndexError("ImageFiles takes rows only (an int, a slice or an index array)")
     rows = np.arange(len(self))[index]
     if np.ndim(rows) == 0:
       return self[np.asarray([rows])][0]
@@ -76,6 +83,10 @@ class ImageFiles:
         decoded = dict(zip(unique, pool.map(self._decode, unique)))
       for k, i in missing:
         out[k] = decoded[i]
+      with self._lock:  # in index order, whichever thread finished first: deterministic
+        for i in unique:
+          if len(self._cache) < self._cache_limit:
+            self._cache.setdefault(i, decoded[i])
     return out
 
   def __array__(self, dtype=None, copy=None) -> np.ndarray:
@@ -84,6 +95,6 @@ class ImageFiles:
 
   def take(self, index) -> "ImageFiles":
     """The files of rows `index`, decoded on demand too (its own cache, same budget)."""
-    subset = ImageFiles([self.paths[i] for i in np.asarray(index)], self.shape[1],
-                        self.shape[3], self._cache_limit * int(np.prod(self.shape[1:])))
-    return subset
+    rows = np.arange(len(self))[index]
+    return ImageFiles([self.paths[i] for i in rows], self.shape[1], self.shape[3],
+                      self._cache_limit * int(np.prod(self.shape[1:])))
