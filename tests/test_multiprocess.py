@@ -186,20 +186,43 @@ def test_checkpoints_resume_across_process_counts(two_runs):
   assert max(_losses(tmp / "two_then_one")) == 6
 
 
-def test_a_killed_process_stops_the_others_with_an_error(tmp_path):
+def _wait_for_rows(launch, log: pathlib.Path, rows: int):
+  deadline = time.monotonic() + RUN_TIMEOUT_S
+  while not (log.exists() and len(log.read_text().splitlines()) >= rows):
+    assert time.monotonic() < deadline, launch.log(0)[-3000:]
+    assert all(p.poll() is None for p in launch.processes), launch.log(0)[-3000:]
+    time.sleep(0.5)
+
+
+def test_ctrl_c_to_one_process_stops_all_at_one_step_and_a_killed_one_stops_the_other(tmp_path):
+  """SIGINT to process 1 alone: both processes stop at the same step (they agree on it), save
+  it together and exit 130. Resumed, then process 1 SIGKILLed: process 0 stops with an error
+  within the heartbeat timeout instead of waiting in a collective."""
   data_root = _write_rgb_mvtec(tmp_path / "data", size=32)
-  launch = Launch(tmp_path, "kill", 2, 2, [
-      f"--config.data.root={data_root}", "--config.data.category=widget",
-      f"--config.workdir={tmp_path / 'run'}", "--config.data.image_size=32",
-      "--config.train.num_steps=100000", "--config.train.log_every=1",
-      "--config.train.checkpoint_every=100000"], root=tmp_path)
+  args = [f"--config.data.root={data_root}", "--config.data.category=widget",
+          f"--config.workdir={tmp_path / 'run'}", "--config.data.image_size=32",
+          "--config.train.num_steps=100000", "--config.train.log_every=1",
+          "--config.train.checkpoint_every=100000"]
+  log = tmp_path / "run" / "train_log.jsonl"
+  launch = Launch(tmp_path, "interrupt", 2, 2, args, root=tmp_path)
   try:
-    log = tmp_path / "run" / "train_log.jsonl"
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while not (log.exists() and len(log.read_text().splitlines()) >= 3):
-      assert time.monotonic() < deadline, launch.log(0)[-3000:]
-      assert launch.processes[0].poll() is None, launch.log(0)[-3000:]
-      time.sleep(0.5)
+    _wait_for_rows(launch, log, 3)
+    launch.processes[1].send_signal(signal.SIGINT)
+    codes = [p.wait(timeout=120) for p in launch.processes]
+  finally:
+    launch.kill()
+  assert codes == [130, 130], [launch.log(i)[-2000:] for i in range(2)]
+  for i in range(2):
+    assert launch.log(i).strip().splitlines()[-1] == f"error: process {i}: interrupted"
+  steps = [int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()]
+  saved = max(steps)  # the step both stopped at, saved by both together
+  assert saved >= 3 and saved == max(json.loads(line)["step"]
+                                     for line in log.read_text().splitlines())
+
+  launch = Launch(tmp_path, "kill", 2, 2, args, root=tmp_path)
+  try:
+    _wait_for_rows(launch, log, saved + 2)
+    assert f"resuming from checkpoint step {saved}" in launch.log(0)
     os.killpg(launch.processes[1].pid, signal.SIGKILL)
     killed_at = time.monotonic()
     code = launch.processes[0].wait(timeout=HEARTBEAT_S + 60)

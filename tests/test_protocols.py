@@ -163,25 +163,31 @@ def test_latent_resampling_runs_end_to_end_and_writes_all_metrics(tmp_path, over
   else:  # grid search on validation images with rectangles, never on test
     assert set(metrics["run"]["eta_search"]) == {"0.001", "0.1"}
     assert metrics["run"]["eta"] in (0.001, 0.1)
-    # The resampling benchmark restores this trained run and checks fast == naive codes.
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_resampling", "--config",
-         "configs/mvtec_vq_resample.py:smoke", "--workdir", str(workdir), "--batches", "1,2",
-         "--images", "5", "--repeats", "1", "--out", str(tmp_path / "resampling.json")],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    rows = json.loads((tmp_path / "resampling.json").read_text())["rows"]
-    assert {(r["images"], r["batch"], r["num_images"]) for r in rows} == {
-        (images, batch, 5 // batch * batch) for images in ("normal", "defective", "mix")
-        for batch in (1, 2)}
-    for r in rows:
-      assert r["exact"] and r["naive_checked_images"] == r["num_images"]
-      # One pass per table position + the pass for the original constraint.
-      assert r["naive"]["prior_tables_per_image"] == 1 + r["table"][0] * r["table"][1]
-      # Batched runs every table of a batch until its slowest is done; refilling never more.
-      assert r["mean_passes"] <= r["refilled"]["prior_tables_per_image"]
-      assert r["refilled"]["prior_tables_per_image"] <= r["batched"]["prior_tables_per_image"]
-      assert r["batched"]["prior_tables_per_image"] <= r["max_passes"]
-      if r["batch"] == 1:
-        assert r["batched"]["prior_tables_per_image"] == r["mean_passes"]
-    assert "| refilled vs naive |" in out.stdout
+
+
+@pytest.mark.slow  # the exactness of fast vs naive resampling: tests/test_latent_resampling.py
+def test_resampling_benchmark_restores_a_trained_run(tmp_path):
+  """The resampling benchmark restores a trained run and checks fast == naive codes."""
+  workdir = tmp_path / "run"
+  _run("configs/mvtec_vq_resample.py:smoke", f"--config.workdir={workdir}")
+  out = subprocess.run(
+      [sys.executable, "-m", "benchmarks.bench_resampling", "--config",
+       "configs/mvtec_vq_resample.py:smoke", "--workdir", str(workdir), "--batches", "1,2",
+       "--images", "5", "--repeats", "1", "--out", str(tmp_path / "resampling.json")],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = json.loads((tmp_path / "resampling.json").read_text())["rows"]
+  assert {(r["images"], r["batch"], r["num_images"]) for r in rows} == {
+      (images, batch, 5 // batch * batch) for images in ("normal", "defective", "mix")
+      for batch in (1, 2)}
+  for r in rows:
+    assert r["exact"] and r["naive_checked_images"] == r["num_images"]
+    # One pass per table position + the pass for the original constraint.
+    assert r["naive"]["prior_tables_per_image"] == 1 + r["table"][0] * r["table"][1]
+    # Batched runs every table of a batch until its slowest is done; refilling never more.
+    assert r["mean_passes"] <= r["refilled"]["prior_tables_per_image"]
+    assert r["refilled"]["prior_tables_per_image"] <= r["batched"]["prior_tables_per_image"]
+    assert r["batched"]["prior_tables_per_image"] <= r["max_passes"]
+    if r["batch"] == 1:
+      assert r["batched"]["prior_tables_per_image"] == r["mean_passes"]
+  assert "| refilled vs naive |" in out.stdout

@@ -15,7 +15,7 @@ from vqjax.config_defaults import load_config_file
 from vqjax.errors import UserInputError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CATEGORIES = ("carpet_like", "grid_like", "wood_like")
+CATEGORIES = ("carpet_like", "grid_like")
 
 
 def _sweep_args(root, workdir):
@@ -44,8 +44,8 @@ def _results(metrics_path: pathlib.Path) -> dict:
 
 @pytest.fixture(scope="module")
 def sweeps(tmp_path_factory):
-  """A 3-category folder swept serially on 1 device and per device on 2 (3 categories on 2
-  devices: one device runs a second category after its first)."""
+  """A 2-category folder swept serially on 1 device and per device on 2 (that a device runs
+  a next category after its first: test_devices_are_reused_until_every_category_ran)."""
   tmp = tmp_path_factory.mktemp("sweeps")
   root = tmp / "data"
   for seed, category in enumerate(CATEGORIES):
@@ -95,7 +95,7 @@ def test_merge_of_finished_categories_writes_the_serial_tables(sweeps, tmp_path)
     assert (tmp_path / "all" / table).read_text() == (tmp / "serial" / "all" / table).read_text()
 
   (tmp_path / "grid_like" / "metrics.json").unlink()  # a task that failed
-  with pytest.raises(UserInputError, match=r"1 of 3 categories have no finished run: grid_like"):
+  with pytest.raises(UserInputError, match=r"1 of 2 categories have no finished run: grid_like"):
     experiment.run_sweep(_config(root, tmp_path, merge_only=True))
 
 
@@ -107,8 +107,8 @@ def test_category_index_runs_that_category_only(sweeps, tmp_path, monkeypatch):
   assert list(experiment.run_sweep(_config(root, tmp_path, category_index=1))) == ["grid_like"]
   assert ran == [("grid_like", f"{tmp_path}/{{category}}")]
   assert not (tmp_path / "all").exists()  # a task writes no sweep tables
-  with pytest.raises(UserInputError, match=r"category_index=3: there are 3 categories \(0\.\.2\)"):
-    experiment.run_sweep(_config(root, tmp_path, category_index=3))
+  with pytest.raises(UserInputError, match=r"category_index=2: there are 2 categories \(0\.\.1\)"):
+    experiment.run_sweep(_config(root, tmp_path, category_index=2))
 
 
 def test_a_failing_category_stops_the_per_device_sweep(monkeypatch, tmp_path):
@@ -135,3 +135,31 @@ def test_a_failing_category_stops_the_per_device_sweep(monkeypatch, tmp_path):
   with pytest.raises(UserInputError, match="category a is broken"):
     experiment._run_per_device(_config(tmp_path, tmp_path), ["a", "b", "c"], False)
   assert sorted(started) == ["a", "b"]  # "c" was queued and never started
+
+
+def test_devices_are_reused_until_every_category_ran(monkeypatch, tmp_path):
+  """5 categories on 2 devices: each category runs once, in its thread's scope of one device,
+  never two at once on a device."""
+  import threading
+  import time
+  import jax
+  from vqjax import sharding
+  devices = [jax.devices()[0], jax.devices()[0]]  # two slots (the test process has one CPU)
+  monkeypatch.setattr(experiment.jax, "local_devices", lambda: devices)
+  lock, busy, ran = threading.Lock(), [0], []
+
+  def fake_run(config, **_):
+    with lock:
+      busy[0] += 1
+      assert busy[0] <= 2
+    ran.append((config.data.category, sharding.make_data_mesh().size))
+    time.sleep(0.05)
+    with lock:
+      busy[0] -= 1
+    return {"category": config.data.category}
+
+  monkeypatch.setattr(experiment, "run", fake_run)
+  names = [f"c{i}" for i in range(5)]
+  out = experiment._run_per_device(_config(tmp_path, tmp_path), names, False)
+  assert list(out) == names and all(out[c]["category"] == c for c in names)
+  assert sorted(ran) == [(c, 1) for c in names]  # each once, on a one-device mesh
