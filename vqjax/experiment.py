@@ -312,12 +312,20 @@ def _run_per_device(config, categories, show_progress: bool) -> dict[str, dict]:
   futures = {category: pool.submit(run_one, category) for category in categories}
   try:
     for future in concurrent.futures.as_completed(futures.values()):
-      future.result()  # the first failure stops the sweep, as in a serial one
-  except BaseException:  # a failure, or Ctrl-C (which only the main thread receives)
+      if future.exception() is not None:  # the first failure stops the sweep, as serially
+        stop.set()
+        break
+  except BaseException:  # Ctrl-C, which only the main thread receives
     stop.set()
     pool.shutdown(wait=True, cancel_futures=True)  # running ones save their step and stop
     raise
-  pool.shutdown()
+  pool.shutdown(wait=True, cancel_futures=True)
+  errors = [f.exception() for f in futures.values()
+            if not f.cancelled() and f.exception() is not None]
+  # The failure itself, not the interruptions it caused in the categories beside it.
+  failures = [e for e in errors if not isinstance(e, KeyboardInterrupt)]
+  if failures or errors:
+    raise (failures or errors)[0]
   return {category: future.result() for category, future in futures.items()}
 
 
