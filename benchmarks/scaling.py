@@ -61,9 +61,8 @@ def _worker(args) -> dict:
 
   def train_steps(state, n):
     for _ in range(n):
-      state, metrics = step(state, sharding.put_process_batch(images, rows, mesh), key, None)
-    jax.block_until_ready(metrics)
-    return state
+      state, _ = step(state, sharding.put_process_batch(images, rows, mesh), key, None)
+    return jax.block_until_ready(state)
 
   t0 = time.perf_counter()
   state = train_steps(state, 1)

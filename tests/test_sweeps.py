@@ -94,6 +94,13 @@ def test_merge_of_finished_categories_writes_the_serial_tables(sweeps, tmp_path)
   for table in ("results.md", "results.csv"):
     assert (tmp_path / "all" / table).read_text() == (tmp / "serial" / "all" / table).read_text()
 
+  stale = json.loads((tmp_path / "grid_like" / "metrics.json").read_text())
+  stale["config"]["train"]["num_steps"] = 7  # a run left over from other settings
+  (tmp_path / "grid_like" / "metrics.json").write_text(json.dumps(stale))
+  with pytest.raises(UserInputError, match=r"other settings than this config: grid_like "
+                     r"\(train.num_steps: 7\)"):
+    experiment.run_sweep(_config(root, tmp_path, merge_only=True))
+
   (tmp_path / "grid_like" / "metrics.json").unlink()  # a task that failed
   with pytest.raises(UserInputError, match=r"1 of 2 categories have no finished run: grid_like"):
     experiment.run_sweep(_config(root, tmp_path, merge_only=True))

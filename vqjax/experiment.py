@@ -259,16 +259,30 @@ def _category_config(config, category: str):
   return category_config
 
 
+# What differs between a sweep's config and each category's run by construction.
+_SWEEP_OWN_KEYS = ("data.category", "workdir", "sweep.", "data.decode_cache_mb")
+
+
 def _finished_metrics(config, categories) -> dict[str, dict]:
   """metrics.json of every category's workdir (sweep.merge_only); one error naming every
   category whose run has not finished."""
-  per_category, missing = {}, []
+  per_category, missing, other_settings = {}, [], []
+  expected = _flatten(json.loads(json.dumps(config.to_dict())))
   for category in categories:
     path = resolve_workdir(_category_config(config, category)) / "metrics.json"
-    if path.exists():
-      per_category[category] = json.loads(path.read_text())
-    else:
+    if not path.exists():
       missing.append(f"{category} ({path})")
+      continue
+    per_category[category] = json.loads(path.read_text())
+    saved = _flatten(per_category[category].get("config", {}))
+    differ = sorted(k for k in set(saved) | set(expected) if saved.get(k) != expected.get(k)
+                    and not k.startswith(_SWEEP_OWN_KEYS))
+    if differ:
+      other_settings.append(f"{category} ({', '.join(f'{k}: {saved.get(k)!r}' for k in differ)})")
+  if other_settings:
+    raise UserInputError(f"sweep.merge_only: runs made with other settings than this config: "
+                         f"{'; '.join(other_settings)}. Merge with the config they ran with, or "
+                         "rerun them.")
   if missing:
     raise UserInputError(f"sweep.merge_only: {len(missing)} of {len(categories)} categories have "
                          f"no finished run: {', '.join(missing)}. Run them (e.g. "
