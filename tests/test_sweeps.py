@@ -147,6 +147,7 @@ def test_a_failing_category_stops_the_per_device_sweep(monkeypatch, tmp_path):
 def test_devices_are_reused_until_every_category_ran(monkeypatch, tmp_path):
   """5 categories on 2 devices: each category runs once, in its thread's scope of one device,
   never two at once on a device."""
+  import logging
   import threading
   import time
   import jax
@@ -160,6 +161,7 @@ def test_devices_are_reused_until_every_category_ran(monkeypatch, tmp_path):
       busy[0] += 1
       assert busy[0] <= 2
     ran.append((config.data.category, sharding.make_data_mesh().size))
+    experiment.logger.info("working")  # tagged with its category (the runs' lines interleave)
     time.sleep(0.05)
     with lock:
       busy[0] -= 1
@@ -167,6 +169,19 @@ def test_devices_are_reused_until_every_category_ran(monkeypatch, tmp_path):
 
   monkeypatch.setattr(experiment, "run", fake_run)
   names = [f"c{i}" for i in range(5)]
-  out = experiment._run_per_device(_config(tmp_path, tmp_path), names, False)
+  records = []
+  handler = logging.Handler()
+  handler.emit = lambda record: records.append(record.getMessage())
+  experiment.logger.addHandler(handler)
+  level = experiment.logger.level
+  experiment.logger.setLevel(logging.INFO)  # setLevel: also clears logging's level cache
+  try:
+    out = experiment._run_per_device(_config(tmp_path, tmp_path), names, False)
+    experiment.logger.info("after the sweep")
+  finally:
+    experiment.logger.removeHandler(handler)
+    experiment.logger.setLevel(level)
+  assert sorted(m for m in records if m.endswith("working")) == [f"[{c}] working" for c in names]
+  assert "after the sweep" in records  # no tag outside the sweep's tasks
   assert list(out) == names and all(out[c]["category"] == c for c in names)
   assert sorted(ran) == [(c, 1) for c in names]  # each once, on a one-device mesh

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import contextvars
 import fcntl
 import json
 import logging
@@ -290,6 +291,19 @@ def _finished_metrics(config, categories) -> dict[str, dict]:
   return per_category
 
 
+# The category a per-device sweep thread runs, put before its log lines (they interleave).
+_log_category: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "vqjax_log_category", default=None)
+
+
+class _CategoryTag(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    category = _log_category.get()
+    if category is not None:
+      record.msg = f"[{category}] {record.msg}"
+    return True
+
+
 def _run_per_device(config, categories, show_progress: bool) -> dict[str, dict]:
   """One category per local device at a time, each in a thread whose runs see only that
   device (compiled steps release the GIL, so the devices work at once)."""
@@ -309,6 +323,7 @@ def _run_per_device(config, categories, show_progress: bool) -> dict[str, dict]:
     if stop.is_set():  # queued behind a failure: not started
       return None
     device = free_devices.get()
+    _log_category.set(category)  # this task's context only (each task runs in a copy)
     try:
       logger.info("category %s: on %s", category, device)
       with sharding.run_on([device]), train.stop_when(stop):
@@ -323,7 +338,11 @@ def _run_per_device(config, categories, show_progress: bool) -> dict[str, dict]:
 
   pool = concurrent.futures.ThreadPoolExecutor(free_devices.qsize(),
                                                thread_name_prefix="vqjax-sweep")
-  futures = {category: pool.submit(run_one, category) for category in categories}
+  tag = _CategoryTag()
+  logger.addFilter(tag)
+  # Each task in a fresh copy of this context, so a category tag never outlives its task.
+  futures = {category: pool.submit(contextvars.copy_context().run, run_one, category)
+             for category in categories}
   try:
     for future in concurrent.futures.as_completed(futures.values()):
       if future.exception() is not None:  # the first failure stops the sweep, as serially
@@ -331,9 +350,10 @@ def _run_per_device(config, categories, show_progress: bool) -> dict[str, dict]:
         break
   except BaseException:  # Ctrl-C, which only the main thread receives
     stop.set()
-    pool.shutdown(wait=True, cancel_futures=True)  # running ones save their step and stop
     raise
-  pool.shutdown(wait=True, cancel_futures=True)
+  finally:
+    pool.shutdown(wait=True, cancel_futures=True)  # running ones save their step and stop
+    logger.removeFilter(tag)
   errors = [f.exception() for f in futures.values()
             if not f.cancelled() and f.exception() is not None]
   # The failure itself, not the interruptions it caused in the categories beside it.
