@@ -64,6 +64,11 @@ def _flatten(d: dict, prefix: str = "") -> dict:
   return out
 
 
+def _flat_json(config_dict: dict) -> dict:
+  """Flattened keys of a config dict as saved to JSON (tuples compare as lists)."""
+  return _flatten(json.loads(json.dumps(config_dict)))
+
+
 def _resumable(key: str) -> bool:
   if any(key == r or key.startswith(r + ".") for r in _RESUMABLE_KEYS):
     return True
@@ -79,7 +84,7 @@ def check_workdir(workdir: pathlib.Path, config_dict: dict) -> None:
     return
   saved = _flatten(json.loads(saved_path.read_text()))
   saved = {**{k: v for k, v in _ADDED_KEY_DEFAULTS.items() if k not in saved}, **saved}
-  current = _flatten(json.loads(json.dumps(config_dict)))  # tuples compare as saved (lists)
+  current = _flat_json(config_dict)
   differ = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
   changed = [k for k in differ if not _resumable(k)]
   has_checkpoints = any(workdir.glob("**/checkpoints"))
@@ -268,7 +273,7 @@ def _finished_metrics(config, categories) -> dict[str, dict]:
   """metrics.json of every category's workdir (sweep.merge_only); one error naming every
   category whose run has not finished."""
   per_category, missing, other_settings = {}, [], []
-  expected = _flatten(json.loads(json.dumps(config.to_dict())))
+  expected = _flat_json(config.to_dict())
   for category in categories:
     path = resolve_workdir(_category_config(config, category)) / "metrics.json"
     if not path.exists():
@@ -323,7 +328,7 @@ def _run_per_device(config, categories, show_progress: bool) -> dict[str, dict]:
     if stop.is_set():  # queued behind a failure: not started
       return None
     device = free_devices.get()
-    _log_category.set(category)  # this task's context only (each task runs in a copy)
+    tag_token = _log_category.set(category)
     try:
       logger.info("category %s: on %s", category, device)
       with sharding.run_on([device]), train.stop_when(stop):
@@ -334,15 +339,14 @@ def _run_per_device(config, categories, show_progress: bool) -> dict[str, dict]:
       logger.error("category %s failed: %s", category, error)
       raise
     finally:
+      _log_category.reset(tag_token)
       free_devices.put(device)
 
   pool = concurrent.futures.ThreadPoolExecutor(free_devices.qsize(),
                                                thread_name_prefix="vqjax-sweep")
   tag = _CategoryTag()
   logger.addFilter(tag)
-  # Each task in a fresh copy of this context, so a category tag never outlives its task.
-  futures = {category: pool.submit(contextvars.copy_context().run, run_one, category)
-             for category in categories}
+  futures = {category: pool.submit(run_one, category) for category in categories}
   try:
     for future in concurrent.futures.as_completed(futures.values()):
       if future.exception() is not None:  # the first failure stops the sweep, as serially

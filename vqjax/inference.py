@@ -57,10 +57,9 @@ def mean_image(images, batch_size: int) -> np.ndarray:
     raise TypeError(f"mean_image takes uint8 images, got {images.dtype}")
   local_sum = np.zeros(images.shape[1:], np.int64)
   for start in range(0, len(images), batch_size):
-    indices = np.arange(start, min(start + batch_size, len(images)))
-    rows = indices[sharding.process_rows(batch_size)]
-    if len(rows):
-      local_sum += np.asarray(images[rows], np.int64).sum(axis=0)
+    rows = sharding.read_process_rows(
+        images, np.arange(start, min(start + batch_size, len(images))), batch_size)
+    local_sum += rows.astype(np.int64).sum(axis=0)
   if jax.process_count() > 1:
     # int32 is exact for fewer than 2^31 / 255 = 8.4M images of 8 bits.
     local_sum = np.asarray(multihost_utils.process_allgather(

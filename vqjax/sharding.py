@@ -75,13 +75,18 @@ def process_rows(batch_size: int) -> slice:
   return slice(start, start + per_process)
 
 
+def read_process_rows(data, indices: np.ndarray, batch_size: int) -> np.ndarray:
+  """data[indices[process_rows(batch_size)]]: this process's rows of the global batch
+  data[indices], and only those read (with data decoded on demand, vqjax.data.files.
+  ImageFiles, each process decodes only the images it feeds)."""
+  return np.asarray(data[indices[process_rows(batch_size)]])
+
+
 def put_process_batch(data, indices: np.ndarray, mesh: Mesh) -> jax.Array:
   """The global batch data[indices] (indices identical on every process) as one array
-  sharded over `mesh`, reading only this process's rows of it: with data decoded on demand
-  (vqjax.data.files.ImageFiles), each process decodes only the images it feeds. The same
-  host code runs on 1 CPU, 8 GPUs or many hosts (`jax.distributed`)."""
-  return put_local_rows(np.asarray(data[indices[process_rows(len(indices))]]), len(indices),
-                        mesh)
+  sharded over `mesh`, each process reading only its rows. The same host code runs on 1 CPU,
+  8 GPUs or many hosts (`jax.distributed`)."""
+  return put_local_rows(read_process_rows(data, indices, len(indices)), len(indices), mesh)
 
 
 def put_local_rows(local: np.ndarray, batch_size: int, mesh: Mesh) -> jax.Array:

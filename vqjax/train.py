@@ -333,12 +333,12 @@ class _BatchReader:
 
   def __init__(self, data, batch_size: int):
     self._data = data
-    self._rows = sharding.process_rows(batch_size)
+    self._batch_size = batch_size
     self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vqjax-batches")
     self._ahead: tuple[int, concurrent.futures.Future] | None = None
 
   def _read(self, indices: np.ndarray) -> np.ndarray:
-    return np.asarray(self._data[indices[self._rows]])
+    return sharding.read_process_rows(self._data, indices, self._batch_size)
 
   def local_rows(self, step: int, indices: np.ndarray) -> np.ndarray:
     if self._ahead is not None and self._ahead[0] == step:

@@ -60,7 +60,7 @@ def load_dataset(data_config, seed: int) -> tuple[Dataset, str]:
       source = str(root)
     return mvtec.load_mvtec(root, data_config.category, read_size(data_config),
                             val_fraction=data_config.val_fraction, seed=seed,
-                            decode_cache_mb=data_config.get("decode_cache_mb", 4096)), source
+                            decode_cache_mb=data_config.decode_cache_mb), source
   if name == "digits":
     return one_vs_rest.load_one_vs_rest(
         name, data_config.category, None, val_fraction=data_config.val_fraction, seed=seed,

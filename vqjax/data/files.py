@@ -25,8 +25,9 @@ class ImageFiles:
   Decoded images are kept while they fit in `cache_bytes`: the first ones decoded, no
   eviction (with a fresh random permutation per epoch any eviction order hits as rarely, and
   keeping costs no churn). The budget is per ImageFiles, i.e. per run and process; a
-  per-device sweep holds one per category it runs at once. A category of MVTec AD fits whole; a 100k-image folder keeps
-  cache_bytes' worth and decodes the rest again when fed again.
+  per-device sweep holds one per category it runs at once. A category of MVTec AD fits
+  whole; a 100k-image folder keeps cache_bytes' worth and decodes the rest again when fed
+  again.
   """
 
   dtype = np.dtype(np.uint8)
