@@ -28,11 +28,13 @@ def _run(config, *args):
 @pytest.mark.slow  # minutes: run with `python -m pytest -q -m slow`
 def test_mvtec_sweep_over_all_categories_writes_results_table(tmp_path):
   root = tmp_path / "demo"
-  demo.generate_demo_dataset(root, num_train=8, num_test_good=3, num_test_per_defect=2)
+  categories = ("brick", "grass", "moon")
+  demo.generate_demo_dataset(root, num_train=8, num_test_good=3, num_test_per_defect=2,
+                             categories=categories)
   workdir = tmp_path / "runs" / "{category}"
   _run("configs/mvtec_vq.py:smoke", f"--config.data.root={root}", "--config.data.category=all",
        f"--config.workdir={workdir}", "--config.train.num_steps=3", "--config.eval.save_arrays=True")
-  for category in demo.DEMO_CATEGORIES:
+  for category in categories:
     metrics = json.loads((tmp_path / "runs" / category / "metrics.json").read_text())
     arrays = np.load(tmp_path / "runs" / category / "eval_arrays.npz")
     for variant in ("ssim", "ssim_am"):
@@ -43,11 +45,11 @@ def test_mvtec_sweep_over_all_categories_writes_results_table(tmp_path):
     for picture in ("roc_image.png", "roc_pixel.png", "pro.png"):
       assert (tmp_path / "runs" / category / picture).stat().st_size > 1000
   table = (tmp_path / "runs" / "all" / "results.md").read_text()
-  for category in (*demo.DEMO_CATEGORIES, "**mean**"):
+  for category in (*categories, "**mean**"):
     assert f"| {category} |" in table
   rows = list(csv.DictReader(io.StringIO((tmp_path / "runs" / "all" / "results.csv").read_text())))
   per_map = [r for r in rows if r["map"] == "ssim_am"]
-  assert [r["category"] for r in per_map] == [*demo.DEMO_CATEGORIES, "mean"]
+  assert [r["category"] for r in per_map] == [*categories, "mean"]
   values = [float(r["pixel_auroc"]) for r in per_map]
   assert values[-1] == pytest.approx(np.mean(values[:-1]), abs=1e-6)
 

@@ -53,8 +53,8 @@ def load_dataset(data_config, seed: int) -> tuple[Dataset, str]:
       if data_config.category not in demo.DEMO_CATEGORIES:
         raise ValueError(f"config.data.category = {data_config.category!r} is not in the embedded "
                          f"demo data; choose one of {list(demo.DEMO_CATEGORIES)} or set data.root")
-      source = (f"the embedded demo data (synthetic defects on scikit-image texture photographs) "
-                f"at {root}")
+      source = ("the embedded demo data (synthetic defects on photographs shipped with "
+                f"scikit-image and scikit-learn) at {root}")
     else:
       root = _root(data_config)
       source = str(root)

@@ -1,10 +1,18 @@
-"""Embedded default dataset: synthetic defects on real texture photos from scikit-image.
+"""Embedded default dataset: synthetic defects on real photographs shipped with installed packages.
 
-The 512x512 greyscale photos `skimage.data.brick()`, `grass()` and `gravel()` (CC0, shipped
-inside the scikit-image package, so no network) are cut into crops in the MVTec AD layout
-(see `vqjax.data.mvtec`). Train crops come from the top 3/4 of each photo, test crops from
-the bottom 1/4, so no test image is a copy of a training image. Test crops get one of three
-synthetic defects, each with an exact mask: a pixel is in the mask iff the defect changed
+Nine greyscale photographs, each a category, are cut into crops in the MVTec AD layout (see
+`vqjax.data.mvtec`); no network is needed. Three stationary textures from scikit-image
+(`brick`, `grass`, `gravel`, 512x512, CC0) were the whole set up to version 1 and are unchanged
+(byte for byte); version 2 adds six less regular images: scikit-image's `moon` (lunar surface),
+`camera` (a scene), `tissue` (`immunohistochemistry`, stained colonic glands), `hubble`
+(`hubble_deep_field`, galaxies on black), and scikit-learn's two sample photos `china` (a
+temple) and `flower` (CC BY 2.0, see sklearn/datasets/images/README.txt). Colour photos are
+converted to grey, and landscape photos are turned upright so that the test region holds a crop.
+
+Train crops come from the top 3/4 of each photo, test crops from the bottom 1/4, so no test
+image is a copy of a training image (for the scenes, the test region also shows other content
+than the training region: a distribution shift the textures do not have). Test crops get one of
+three synthetic defects, each with an exact mask: a pixel is in the mask iff the defect changed
 its value, and every masked pixel differs from the clean crop by >= MIN_VISIBLE_CHANGE.
 """
 
@@ -21,8 +29,19 @@ from scipy import ndimage
 from skimage import data as skdata
 from skimage import draw
 
-DEMO_CATEGORIES = ("brick", "grass", "gravel")
-DEMO_VERSION = 1  # bump when the generator changes; part of the cache folder name
+# category -> (package, loader name), in the order that seeds each category's random streams
+# (so a category's crops and defects do not depend on which others exist).
+_PHOTO_SOURCES = {
+    "brick": ("skimage", "brick"), "grass": ("skimage", "grass"),
+    "gravel": ("skimage", "gravel"),  # version 1 ends here
+    "moon": ("skimage", "moon"), "camera": ("skimage", "camera"),
+    "tissue": ("skimage", "immunohistochemistry"), "hubble": ("skimage", "hubble_deep_field"),
+    "china": ("sklearn", "china.jpg"), "flower": ("sklearn", "flower.jpg"),
+}
+DEMO_CATEGORIES = tuple(sorted(_PHOTO_SOURCES))
+# cut_paste pastes a patch of one of these (another than the crop's own photo).
+DONOR_CATEGORIES = ("brick", "grass", "gravel")
+DEMO_VERSION = 2  # bump when the generator changes; part of the cache folder name
 DEFECT_TYPES = ("cut_paste", "scratch", "stain")
 
 MIN_VISIBLE_CHANGE = 8          # grey levels; every masked pixel changes at least this
@@ -56,16 +75,22 @@ def ensure_demo_dataset(cache_dir=None) -> pathlib.Path:
 
 
 def generate_demo_dataset(out_root, *, seed: int = 0, crop_size: int = 128, num_train: int = 80,
-                          num_test_good: int = 20, num_test_per_defect: int = 12) -> None:
+                          num_test_good: int = 20, num_test_per_defect: int = 12,
+                          categories=DEMO_CATEGORIES) -> None:
   """Write the demo dataset to `out_root` (which must not exist) atomically.
 
   Images are 8-bit greyscale PNGs [crop_size, crop_size]; masks are 0/255 PNGs. The
-  output is byte-identical for equal arguments. Raises FileExistsError if `out_root`
-  exists (also when another process created it while this one was generating).
+  output is byte-identical for equal arguments, and each category's files do not depend on
+  which other `categories` are written. Raises FileExistsError if `out_root` exists (also
+  when another process created it while this one was generating).
   """
   out_root = pathlib.Path(out_root)
+  unknown = sorted(set(categories) - set(DEMO_CATEGORIES))
+  if unknown or not categories:
+    raise ValueError(f"demo categories must be a non-empty subset of {list(DEMO_CATEGORIES)}, "
+                     f"got {list(categories)}")
   photos = _load_photos()
-  _check_generator_args(crop_size, photos[DEMO_CATEGORIES[0]].shape[0],
+  _check_generator_args(crop_size, min(photo.shape[0] for photo in photos.values()),
                         num_train, num_test_good, num_test_per_defect)
   if out_root.exists():
     raise FileExistsError(f"demo dataset folder {out_root} already exists")
@@ -74,8 +99,9 @@ def generate_demo_dataset(out_root, *, seed: int = 0, crop_size: int = 128, num_
   # half-written dataset (os.replace is atomic within one file system).
   staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_root.name}.tmp-", dir=out_root.parent))
   try:
-    for category_index, category in enumerate(DEMO_CATEGORIES):
-      _write_category(staging / category, photos, category, seed, category_index,
+    for category in categories:
+      _write_category(staging / category, photos, category, seed,
+                      list(_PHOTO_SOURCES).index(category),
                       crop_size, num_train, num_test_good, num_test_per_defect)
     try:
       os.replace(staging, out_root)
@@ -97,8 +123,21 @@ def _check_generator_args(crop_size, photo_size, *counts) -> None:
 
 
 def _load_photos() -> dict[str, np.ndarray]:
-  """{category: [512,512] uint8} greyscale photos shipped with scikit-image."""
-  return {name: np.asarray(getattr(skdata, name)(), dtype=np.uint8) for name in DEMO_CATEGORIES}
+  """{category: [H,W] uint8} greyscale photos shipped with scikit-image / scikit-learn, H >= W."""
+  return {category: _load_photo(*source) for category, source in _PHOTO_SOURCES.items()}
+
+
+def _load_photo(package: str, name: str) -> np.ndarray:
+  if package == "skimage":
+    photo = np.asarray(getattr(skdata, name)())
+  else:  # imported here: only the two scikit-learn photos need it
+    from sklearn.datasets import load_sample_image
+    photo = load_sample_image(name)
+  if photo.ndim == 3:  # ITU-R 601 luma, as PIL's convert("L") and MVTec's grey categories
+    photo = np.rint(photo[..., :3].astype(np.float64) @ [0.299, 0.587, 0.114])
+  if photo.shape[1] > photo.shape[0]:  # landscape: upright, for a taller test region
+    photo = np.rot90(photo)
+  return np.ascontiguousarray(photo, dtype=np.uint8)
 
 
 def _write_png(path: pathlib.Path, array: np.ndarray) -> None:
@@ -111,7 +150,7 @@ def _write_category(category_dir, photos, category, seed, category_index, crop_s
   photo = photos[category]
   split_row = int(photo.shape[0] * _TRAIN_REGION_FRACTION)
   train_region, test_region = photo[:split_row], photo[split_row:]
-  donors = [photos[name] for name in DEMO_CATEGORIES if name != category]
+  donors = [photos[name] for name in DONOR_CATEGORIES if name != category]
 
   # One generator per (category, stream): changing one count does not reshuffle the rest.
   def rng(stream: int) -> np.random.Generator:
