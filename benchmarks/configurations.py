@@ -11,9 +11,13 @@ PRESETS = {
                 repeats=20, warmup=3),
     "smoke": dict(config="smoke", batches=(1, 4), train_batches=(4,), repeats=3, warmup=1),
 }
-PARTS = ("inference", "train", "ssim", "favae", "igd", "igd_train")
+PARTS = ("inference", "train", "ssim", "favae", "igd", "igd_train", "deploy")
 # Parts timed at the preset's train_batches on uint8 batches (the train steps take uint8).
 TRAIN_PARTS = ("train", "igd_train")
+# Parts fed uint8 images (what a camera gives): the train steps and the deployment rows.
+UINT8_PARTS = (*TRAIN_PARTS, "deploy")
+# Parts run by default: `deploy` needs the deploy-bench extra and is asked for by name.
+DEFAULT_PARTS = tuple(p for p in PARTS if p != "deploy")
 # part -> [(variant key, label, precision)]; report.py's ratios refer to these keys.
 VARIANTS = {
     "inference": [
@@ -58,6 +62,17 @@ VARIANTS = {
     "igd_train": [
         ("vqjax_fp32", "vqjax IGD jit train step fp32", "fp32"),
         ("vqjax_bf16", "vqjax IGD jit train step bf16", "bf16"),
+    ],
+    # CPU deployment (benchmarks/deploy_cases.py): the full SM / SSIM+AM pipeline of the same
+    # weights on uint8 images, vqjax against what factories deploy with.
+    "deploy": [
+        ("vqjax_fp32", "vqjax jit fp32", "fp32"),
+        ("vqjax_exported", "vqjax exported artifact (vqjax.exported)", "fp32"),
+        ("torch_eager_fp32", "torch eager fp32 (reference)", "fp32"),
+        ("torch_compile_fp32", "torch.compile fp32", "fp32"),
+        ("onnxruntime_fp32", "ONNX Runtime CPU (reference -> ONNX)", "fp32"),
+        ("openvino_fp32", "OpenVINO CPU, precision hint f32 (same ONNX)", "fp32"),
+        ("openvino_default", "OpenVINO CPU, default precision hint (same ONNX)", "default"),
     ],
 }
 # --fp32-precision -> jax_default_matmul_precision (convs and dots without explicit precision)

@@ -31,10 +31,22 @@ def ratio(results: list[dict], row: dict, baseline: str) -> float | None:
   return row["images_per_s"] / base["images_per_s"]
 
 
+def best_other(results: list[dict], row: dict) -> dict | None:
+  """The fastest measured row of another framework than vqjax at the row's part and batch."""
+  others = [r for r in results if (r["part"], r["batch"]) == (row["part"], row["batch"])
+            and r["status"] == "ok" and not r["variant"].startswith("vqjax")]
+  return max(others, key=lambda r: r["images_per_s"], default=None)
+
+
 def add_ratios(results: list[dict]) -> None:
   """Stores the ratios the tables show in each result (so the JSON has them too)."""
   for r in results:
     r["ratios"] = {f"vs_{b}": ratio(results, r, b) for b in (COMPILE_BF16, EAGER_AMP, EAGER_FP32)}
+    if r["part"] == "deploy":
+      best = best_other(results, r)
+      r["ratios"]["vs_best_other"] = (
+          None if best is None or r["status"] != "ok" else r["images_per_s"] / best["images_per_s"])
+      r["ratios"]["best_other"] = None if best is None else best["variant"]
 
 
 def _num(value, fmt: str = "{:.3g}") -> str:
@@ -147,6 +159,32 @@ def igd_train_table(results: list[dict]) -> list[str]:
         _ratio_cell(r, EAGER_AMP)] for r in _rows(results, "igd_train")])
 
 
+def _deploy_facts(r: dict) -> str:
+  """Threads and precision as each framework reports them."""
+  keys = ("intra_op_num_threads", "inference_num_threads", "torch_num_threads",
+          "inference_precision")
+  return ", ".join(f"{k}={r[k]}" for k in keys if r.get(k) is not None) or "n/a"
+
+
+def deploy_table(results: list[dict]) -> list[str]:
+  rows = _rows(results, "deploy")
+  cells = []
+  for r in rows:
+    ok = r["status"] == "ok"
+    best = r.get("ratios", {}).get("vs_best_other")
+    vs_best = ("n/a" if best is None or not r["variant"].startswith("vqjax")
+               else f"{best:.2f}× ({r['ratios']['best_other']})")
+    cells.append([r["label"], str(r["batch"]), _status_cell(r),
+                  _ms(r.get("median_s")) if ok else "n/a", _ms(r.get("p90_s")) if ok else "n/a",
+                  _num(r.get("first_call_s"), "{:.2f}") if ok else "n/a",
+                  _agreement(r, "max_abs_diff_ssim"), _agreement(r, "max_rel_diff_ssim_am"),
+                  _deploy_facts(r), vs_best])
+  return markdown_table(
+      ["variant", "batch", "images/s", "p50 ms", "p90 ms", "first call s",
+       "max \\|Δ SM\\| vs vqjax jit", "max rel. \\|Δ SSIM+AM\\|", "threads / precision",
+       "× best other row"], cells)
+
+
 def resampling_table(rows: list[dict]) -> list[str]:
   """Table of benchmarks.bench_resampling rows."""
   def speedup(r, other):
@@ -236,6 +274,12 @@ def render(data: dict) -> str:
               "", "- no PyTorch twin of the training step: absolute figures only (torch "
               "ratios n/a); the encoder trains too (no distilled encoder, which would be frozen)",
               f"- model: {data['settings'].get('igd_model')}", "", *igd_train_table(results)]
+  if "deploy" in parts:
+    lines += ["", "## CPU deployment: uint8 images → SM and SSIM+AM maps, same weights", "",
+              "- rows: benchmarks/deploy_cases.py; p50 = median of the timed calls; *× best "
+              "other row* = vqjax images/s over the fastest non-vqjax row at that batch; "
+              "agreement on the first input batch of the smallest batch (SSIM+AM relative to "
+              "its largest value)", "", *deploy_table(results)]
   if "inference" in parts:
     lines += ["", "## Inference: model → reconstruction → SSIM and SSIM+AM maps", "",
               *inference_table(results)]

@@ -7,7 +7,10 @@
 Parts (--parts): `inference` = the full anomaly-map pipeline (model -> reconstruction ->
 SSIM and SSIM+AM maps), `train` = one optimiser step, `ssim` = the SSIM map alone, `favae` /
 `igd` = those methods' inference (configs/mvtec_favae.py, configs/mvtec_igd.py), `igd_train` =
-IGD's training step (vqjax only, no PyTorch twin). Every
+IGD's training step (vqjax only, no PyTorch twin), `deploy` = the full pipeline on uint8
+images: vqjax jit and its exported artifact against PyTorch eager / torch.compile fp32, ONNX
+Runtime and OpenVINO on the reference's ONNX export (`pip install -e ".[deploy-bench]"`;
+asked for by name). Every
 configuration is built, timed (benchmarks/harness.py) and freed before the next; results go
 to <out-dir>/<preset>_<device>.json (every measurement + environment) and .md (the tables,
 also printed last). A configuration that fails is recorded as 'error: ...', one not run as
@@ -23,7 +26,7 @@ import os
 import pathlib
 import sys
 
-from benchmarks.configurations import JAX_PRECISION, PARTS, PRESETS
+from benchmarks.configurations import DEFAULT_PARTS, JAX_PRECISION, PARTS, PRESETS
 
 # XLA flags for a single-threaded CPU backend (they do not touch the GPU backend).
 XLA_SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
@@ -57,7 +60,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--train-batches", type=_int_list, help="training batch sizes, e.g. 32,64")
   p.add_argument("--repeats", type=int, help="timed calls per configuration (median of these)")
   p.add_argument("--warmup", type=int, help="untimed calls after the first one")
-  p.add_argument("--parts", type=_parts, default=PARTS, help="comma list of " + ",".join(PARTS))
+  p.add_argument("--parts", type=_parts, default=DEFAULT_PARTS,
+                 help="comma list of " + ",".join(PARTS) + " (default: all but deploy)")
   p.add_argument("--torch-compile", action=argparse.BooleanOptionalAction, default=True,
                  help="run the torch.compile variant (--no-torch-compile records it as skipped)")
   p.add_argument("--compile-budget-s", type=float, default=900.0,

@@ -15,8 +15,9 @@ import jax
 import numpy as np
 import torch
 
-from benchmarks import environment, harness, jax_cases, report, torch_cases
-from benchmarks.configurations import JAX_PRECISION, PARTS, PRESETS, TRAIN_PARTS, VARIANTS
+from benchmarks import deploy_cases, environment, harness, jax_cases, report, torch_cases
+from benchmarks.configurations import (JAX_PRECISION, PARTS, PRESETS, TRAIN_PARTS, UINT8_PARTS,
+                                      VARIANTS)
 from configs import mvtec_favae, mvtec_igd, mvtec_vq
 from vqjax.report import write_json, write_text
 
@@ -55,11 +56,12 @@ def resolve_settings(args: argparse.Namespace, device: str, runtime: dict) -> di
 
 
 def host_batches(part: str, batch: int, image_size: int, seed: int) -> list[np.ndarray]:
-  """NUM_INPUT_BATCHES distinct NHWC batches: float32 in [0,1], uint8 for the TRAIN_PARTS
-  (every train step takes uint8). The same data goes to both frameworks."""
+  """NUM_INPUT_BATCHES distinct NHWC batches: float32 in [0,1], uint8 for the UINT8_PARTS
+  (every train step takes uint8; so do the deployment rows). The same data goes to every
+  framework."""
   rng = np.random.default_rng([seed, PARTS.index(part), batch])
   shape = (batch, image_size, image_size, NUM_CHANNELS)
-  if part in TRAIN_PARTS:
+  if part in UINT8_PARTS:
     return [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(harness.NUM_INPUT_BATCHES)]
   return [rng.random(shape, dtype=np.float32) for _ in range(harness.NUM_INPUT_BATCHES)]
 
@@ -67,6 +69,8 @@ def host_batches(part: str, batch: int, image_size: int, seed: int) -> list[np.n
 def comparable(part: str, variant: str, output):
   """A first call's output -> NumPy values comparable across frameworks."""
   is_jax = variant.startswith("vqjax")
+  if part == "deploy":
+    return deploy_cases.comparable(variant, output)
   if part in TRAIN_PARTS:
     return float(output[1]["loss"] if is_jax else output)  # (state, metrics) | loss
   if part == "ssim":
@@ -103,6 +107,7 @@ class Bench:
     self.reference = {}  # part -> vqjax fp32 values on the first input batch
     self._favae = None  # built on first use: (methods, variables, torch models, image size)
     self._igd = None  # the same for IGD
+    self._deploy = None  # deploy_cases.DeployModels, built on first use
 
   def favae(self):
     """FAVAE's methods, variables and torch twins (configs/mvtec_favae.py, same preset)."""
@@ -130,6 +135,33 @@ class Bench:
                        image_size=config.data.image_size, config=config)
     return self._igd
 
+  def deploy(self) -> deploy_cases.DeployModels:
+    if self._deploy is None:
+      self._deploy = deploy_cases.DeployModels(self.torch_model, self.config.anomaly,
+                                               self.image_size, NUM_CHANNELS)
+    return self._deploy
+
+  def build_deploy(self, variant: str, inputs) -> harness.Workload:
+    if self.s["device"] != "cpu":
+      raise ValueError("the deploy rows are CPU rows: run them with --device cpu")
+    d, threads = self.deploy(), self.s["cpu_threads"]
+    threads = threads if isinstance(threads, int) else 0
+    if variant == "vqjax_fp32":
+      return deploy_cases.jit_workload(self.methods["fp32"], self.variables, inputs,
+                                       self.jax_device)
+    if variant == "vqjax_exported":
+      return deploy_cases.exported_workload(self.methods["fp32"], self.variables,
+                                            self.image_size, NUM_CHANNELS, inputs, d.folder)
+    if variant.startswith("torch_"):
+      return deploy_cases.torch_workload(variant.split("_", 1)[1], d.pipeline, inputs,
+                                         self.s["compile_mode"])
+    onnx_path = d.onnx_path()
+    self.s["deploy_onnx"] = d.onnx_info  # exported once per run: recorded with the settings
+    if variant == "onnxruntime_fp32":
+      return deploy_cases.onnxruntime_workload(onnx_path, inputs, threads)
+    hint = {"openvino_fp32": "f32", "openvino_default": None}[variant]
+    return deploy_cases.openvino_workload(onnx_path, inputs, threads, hint)
+
   def part_image_size(self, part: str) -> int:
     if part == "favae":
       return self.favae()["image_size"]
@@ -137,6 +169,8 @@ class Bench:
 
   def build(self, part: str, variant: str, precision: str, inputs) -> harness.Workload:
     framework, kind = variant.split("_", 1)
+    if part == "deploy":
+      return self.build_deploy(variant, inputs)
     if part == "favae":
       f = self.favae()
       if framework == "vqjax":
@@ -183,7 +217,7 @@ class Bench:
     """One configuration -> its result record (status ok / skipped / error)."""
     variant, label, precision = spec
     record = dict(part=part, variant=variant, label=label, precision=precision, batch=batch,
-                  framework="vqjax" if variant.startswith("vqjax") else "torch")
+                  framework=variant.split("_", 1)[0])
     reason = self.skip_reason(variant)
     if reason is not None:
       return dict(record, status="skipped", reason=reason)

@@ -25,7 +25,7 @@ from configs import mvtec_vq
 
 REPO = Path(__file__).resolve().parents[1]
 BATCHES = {"inference": [1, 2], "ssim": [1, 2], "train": [2], "favae": [1, 2], "igd": [1, 2],
-           "igd_train": [2]}
+           "igd_train": [2], "deploy": [1, 2]}
 # The default smoke run covers the harness on the VQ-VAE parts; FAVAE's and IGD's parts (their
 # torch twins' parity is tested in test_torch_parity) and igd_train (two ~1 min compiles of
 # IGD's training step on a CPU) run in the slow test below, to keep the suite's time.
@@ -128,6 +128,41 @@ def test_favae_igd_and_igd_train_parts(tmp_path):
   igd_train_lines = [line for line in markdown.splitlines()
                      if line.startswith("| vqjax IGD jit train step")]
   assert len(igd_train_lines) == 2 and all(line.endswith("| n/a |") for line in igd_train_lines)
+
+
+def test_deploy_rows_agree_and_compare_with_the_best_other_row(tmp_path):
+  """CPU deployment rows on uint8 images: the exported artifact, the torch reference, its
+  ONNX export under ONNX Runtime (and OpenVINO when the deploy-bench extra is installed)
+  give the maps of vqjax's jit within float32 rounding; vqjax rows carry the ratio to the
+  fastest other row."""
+  import importlib.util
+  data, markdown, _ = _smoke(tmp_path, ("deploy",))
+  rows = {(r["variant"], r["batch"]): r for r in data["results"]}
+  assert set(rows) == {(v[0], b) for v in VARIANTS["deploy"] for b in (1, 2)}
+  assert rows[("torch_compile_fp32", 1)]["status"] == "skipped"  # --no-torch-compile
+  must_run = ["vqjax_fp32", "vqjax_exported", "torch_eager_fp32", "onnxruntime_fp32"]
+  has_openvino = importlib.util.find_spec("openvino") is not None
+  openvino = ["openvino_fp32", "openvino_default"]
+  for variant in must_run + (openvino if has_openvino else []):
+    for batch in (1, 2):
+      assert rows[(variant, batch)]["status"] == "ok", rows[(variant, batch)].get("reason")
+    agreement = rows[(variant, 1)]["agreement"]
+    # Same weights, same uint8 images: float32 rounding only (measured <= 1e-5).
+    assert agreement["max_abs_diff_ssim"] < 1e-4 and agreement["max_rel_diff_ssim_am"] < 1e-4
+  if not has_openvino:  # the rows say what to install instead of failing the run
+    for variant in openvino:
+      assert 'pip install -e ".[deploy-bench]"' in rows[(variant, 1)]["reason"]
+  assert rows[("onnxruntime_fp32", 1)]["intra_op_num_threads"] == 1  # --cpu-threads default
+  assert data["settings"]["deploy_onnx"]["onnx_bytes"] > 0
+  for batch in (1, 2):
+    ratio = rows[("vqjax_fp32", batch)]["ratios"]
+    others = [r for (v, b), r in rows.items() if b == batch and r["status"] == "ok"
+              and not v.startswith("vqjax")]
+    best = max(others, key=lambda r: r["images_per_s"])
+    assert ratio["best_other"] == best["variant"]
+    assert ratio["vs_best_other"] == pytest.approx(
+        rows[("vqjax_fp32", batch)]["images_per_s"] / best["images_per_s"])
+  assert "## CPU deployment" in markdown and "× best other row" in markdown
 
 
 def test_markdown_tables_and_printed_last(smoke_run):

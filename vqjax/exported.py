@@ -52,6 +52,15 @@ class ExportedModel:
   def __call__(self, images: np.ndarray, thresholds: dict | None = None) -> dict:
     """images uint8 [B,S,S,C] -> {'maps': {variant: [B,S,S]}, 'scores': {variant: [B]},
     'is_anomalous': {variant: [B] bool or None}} as `predict` computes them."""
+    out = self.maps(images)
+    decided = decisions.image_outputs(self.info, out["maps"], out["scores"],
+                                      {**self.thresholds, **(thresholds or {})})
+    return {"maps": out["maps"], "scores": {v: d[0] for v, d in decided.items()},
+            "is_anomalous": {v: d[1] for v, d in decided.items()}}
+
+  def maps(self, images: np.ndarray) -> dict:
+    """The exported function alone: images uint8 [B,S,S,C] -> {'maps': {variant: [B,S,S]},
+    'scores': {variant: [B]} (the method's own scores only)}, NumPy; no thresholds."""
     images = np.asarray(images)
     expected = (self.image_size, self.image_size, self.num_channels)
     if images.ndim != 4 or images.shape[1:] != expected or images.dtype != np.uint8:
@@ -60,11 +69,8 @@ class ExportedModel:
     args, kwargs = jax.tree.unflatten(self._exported.in_tree, [*self._weights, images])
     with jax.default_device(self.device):
       out = jax.device_get(self._call(*args, **kwargs))
-    maps = {v: np.asarray(m) for v, m in out["maps"].items()}
-    decided = decisions.image_outputs(self.info, maps, out["scores"],
-                                      {**self.thresholds, **(thresholds or {})})
-    return {"maps": maps, "scores": {v: d[0] for v, d in decided.items()},
-            "is_anomalous": {v: d[1] for v, d in decided.items()}}
+    return {"maps": {v: np.asarray(m) for v, m in out["maps"].items()},
+            "scores": {v: np.asarray(s) for v, s in out["scores"].items()}}
 
   def predict_files(self, paths, thresholds: dict | None = None) -> dict:
     """Reads image files as training did (needs Pillow) and calls the model on them."""

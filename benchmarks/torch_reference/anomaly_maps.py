@@ -135,6 +135,12 @@ def anomaly_maps(model, images: torch.Tensor, anomaly_cfg) -> dict[str, torch.Te
   Mirrors `vqjax.methods.vqvae_ssim.VQVAESSIM.predict`; `anomaly_cfg` is a vqjax
   `config.anomaly`. The model must be in eval mode (BatchNorm on running statistics).
   """
+  return traceable_anomaly_maps(model, images, anomaly_cfg)
+
+
+def traceable_anomaly_maps(model, images: torch.Tensor, anomaly_cfg) -> dict[str, torch.Tensor]:
+  """`anomaly_maps` outside inference mode, for tracers (torch.compile, torch.onnx.export),
+  which cannot take the inference tensors it makes."""
   if model.training:
     raise ValueError("call model.eval() first: predict uses BatchNorm running statistics")
   a = anomaly_cfg

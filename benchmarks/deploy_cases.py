@@ -1,0 +1,217 @@
+"""Deployment rows: the full anomaly-map pipeline on uint8 images, as a factory would run it.
+
+Every row takes the same uint8 images and returns the SM and SSIM+AM maps of the same weights:
+  vqjax jit fp32           `jax.jit(VQVAESSIM.predict)` on uint8 NHWC (scaled inside), NumPy in
+                           and out like every other row;
+  vqjax exported           the artifact `--mode=export` writes (jax.export, symbolic batch),
+                           loaded with `vqjax.exported` (jax + numpy only), maps and scores
+                           (`ExportedModel.maps`; the host-side decisions are not timed);
+  torch eager / compile    the PyTorch reference (`ReferencePipeline`: uint8 NCHW -> /255 ->
+                           `torch_reference.anomaly_maps`), eager, and `torch.compile` fp32;
+  ONNX Runtime             that module exported to ONNX (`torch.onnx.export`, dynamo exporter,
+                           symbolic batch), CPU execution provider, all graph optimisations;
+  OpenVINO                 the same ONNX file, CPU plugin, INFERENCE_PRECISION_HINT f32, and
+                           once with the plugin's default hint (bf16 on CPUs with AMX or
+                           AVX512-BF16, f32 elsewhere: the record says which it was).
+*first call* of the ONNX Runtime / OpenVINO rows starts from a built session (its build time,
+and the one-off ONNX export, are recorded apart as session_build_s / onnx_export_s).
+Threads: the run's --cpu-threads for every framework (ONNX Runtime intra-op threads, OpenVINO
+INFERENCE_NUM_THREADS; 0 = each framework's default). onnx, onnxscript, onnxruntime and openvino
+come from `pip install -e ".[deploy-bench]"`; without them those rows record the import error.
+"""
+from __future__ import annotations
+
+import pathlib
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from benchmarks.harness import MemoryProbe, Workload
+from benchmarks.torch_reference import anomaly_maps as tam
+
+MAP_NAMES = ("ssim", "ssim_am")
+
+
+class ReferencePipeline(torch.nn.Module):
+  """uint8 images [B,C,H,W] -> (SM, SSIM+AM) [B,H,W] of the reference model (eval mode)."""
+
+  def __init__(self, model, anomaly_cfg):
+    super().__init__()
+    self.model = model.eval()
+    self.anomaly_cfg = anomaly_cfg
+
+  def forward(self, images_u8):
+    maps = tam.traceable_anomaly_maps(self.model, images_u8.float() / 255.0, self.anomaly_cfg)
+    return maps["ssim"], maps["ssim_am"]
+
+
+def _require(module: str):
+  """Imports a deploy-bench package, or says which extra installs it."""
+  import importlib
+  try:
+    return importlib.import_module(module)
+  except ModuleNotFoundError as e:
+    raise ModuleNotFoundError(f"{module} is not installed: pip install -e \".[deploy-bench]\"",
+                              name=module) from e
+
+
+def nchw(host_batch_u8: np.ndarray) -> np.ndarray:
+  return np.ascontiguousarray(host_batch_u8.transpose(0, 3, 1, 2))
+
+
+def export_onnx(pipeline: ReferencePipeline, image_size: int, num_channels: int,
+                path: pathlib.Path) -> dict:
+  """Writes the pipeline as ONNX with a symbolic batch; returns facts for the record."""
+  _require("onnx"), _require("onnxscript")  # clear errors before torch's exporter runs
+  example = torch.zeros((2, num_channels, image_size, image_size), dtype=torch.uint8)
+  batch = torch.export.Dim("batch", min=1, max=4096)
+  with torch.no_grad():
+    torch.onnx.export(pipeline, (example,), str(path), dynamo=True, input_names=["images"],
+                      output_names=list(MAP_NAMES), dynamic_shapes=({0: batch},),
+                      verbose=False)
+  return {"onnx_bytes": path.stat().st_size, "onnx_exporter": "torch.onnx.export(dynamo=True)"}
+
+
+def _outputs_workload(run, batches, info) -> Workload:
+  return Workload(run=run, sync=lambda _output: None, memory=MemoryProbe(),
+                  close=batches.clear, info=lambda: dict(info))
+
+
+def onnxruntime_workload(onnx_path: pathlib.Path, host_batches_u8, threads: int) -> Workload:
+  ort = _require("onnxruntime")
+  options = ort.SessionOptions()
+  options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+  options.intra_op_num_threads = threads  # 0 = ONNX Runtime's default (one per core)
+  options.inter_op_num_threads = 1
+  start = time.perf_counter()
+  session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+  build_s = time.perf_counter() - start
+  batches = [nchw(b) for b in host_batches_u8]
+  name = session.get_inputs()[0].name
+  run = lambda i: session.run(list(MAP_NAMES), {name: batches[i % len(batches)]})
+  info = {"onnxruntime_version": ort.__version__, "providers": session.get_providers(),
+          "session_build_s": build_s,
+          "intra_op_num_threads": threads, "graph_optimization_level": "ORT_ENABLE_ALL"}
+  return _outputs_workload(run, batches, info)
+
+
+def openvino_workload(onnx_path: pathlib.Path, host_batches_u8, threads: int,
+                      precision_hint: str | None) -> Workload:
+  """precision_hint 'f32', or None for the CPU plugin's default."""
+  ov = _require("openvino")
+  core = ov.Core()
+  config = {"PERFORMANCE_HINT": "LATENCY"}  # one synchronous request, like every other row
+  if threads:
+    config["INFERENCE_NUM_THREADS"] = threads
+  if precision_hint is not None:
+    config["INFERENCE_PRECISION_HINT"] = precision_hint
+  start = time.perf_counter()
+  compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
+  build_s = time.perf_counter() - start
+  request = compiled.create_infer_request()
+  batches = [nchw(b) for b in host_batches_u8]
+  outputs = [compiled.output(n) for n in MAP_NAMES]
+
+  def run(i):
+    result = request.infer({0: batches[i % len(batches)]})
+    return [result[o] for o in outputs]
+
+  precision = compiled.get_property("INFERENCE_PRECISION_HINT")
+  info = {"openvino_version": ov.__version__, "session_build_s": build_s,
+          "inference_precision": getattr(precision, "get_type_name", lambda: str(precision))(),
+          "inference_num_threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
+          "cpu_capabilities": list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))}
+  return _outputs_workload(run, batches, info)
+
+
+def torch_workload(variant: str, pipeline: ReferencePipeline, host_batches_u8,
+                   compile_mode: str = "default") -> Workload:
+  """variant 'eager_fp32' (the reference as written) or 'compile_fp32' (inductor)."""
+  fn = pipeline
+  if variant == "compile_fp32":
+    torch._dynamo.reset()  # a fresh compile per configuration: its time is its own
+    fn = torch.compile(pipeline, mode=compile_mode, dynamic=False)
+  elif variant != "eager_fp32":
+    raise ValueError(f"unknown torch deploy variant {variant!r}")
+  batches = [torch.from_numpy(nchw(b)) for b in host_batches_u8]
+
+  def run(i):
+    with torch.no_grad():  # not inference_mode: compiled graphs are traced without it
+      return fn(batches[i % len(batches)])
+
+  return _outputs_workload(run, batches, {"torch_num_threads": torch.get_num_threads()})
+
+
+def jit_workload(method, variables, host_batches_u8, device) -> Workload:
+  """`jax.jit(method.predict)` compiled ahead of time, called as a deployed program is: NumPy
+  uint8 batches in, NumPy maps out (host transfers timed, as every other row's)."""
+  import jax
+  params = jax.device_put({k: variables[k] for k in ("params", "batch_stats")}, device)
+  batches = list(host_batches_u8)
+  holder = {}
+
+  def compile_now() -> float:
+    start = time.perf_counter()
+    with jax.default_device(device):
+      holder["compiled"] = jax.jit(method.predict).lower(params, batches[0]).compile()
+    return time.perf_counter() - start
+
+  def run(i):
+    out = holder["compiled"](params, batches[i % len(batches)])
+    return {"maps": {k: np.asarray(out["maps"][k]) for k in MAP_NAMES}}
+
+  return Workload(run=run, sync=lambda _output: None, memory=MemoryProbe(),
+                  compile=compile_now, close=lambda: (holder.clear(), batches.clear()))
+
+
+def exported_workload(method, variables, image_size: int, num_channels: int, host_batches_u8,
+                      folder: pathlib.Path) -> Workload:
+  """Exports (vqjax.predict.export_model) and loads (vqjax.exported) the pipeline, as a user
+  would with --mode=export, then times ExportedModel.maps on uint8 NHWC batches."""
+  from vqjax import exported as vqjax_exported
+  from vqjax.predict import TrainedModel, export_model
+  info = {"method": "vqvae_ssim", "variants": list(method.variants), "image_size": image_size,
+          "num_channels": num_channels, "preprocessing": "uint8 [B,H,W,C], /255 inside",
+          "image_score": "max", "method_scores": [], "thresholds": None,
+          "map_quantiles": None, "category": "benchmark", "dataset": "random", "steps": 0}
+  export_model(TrainedModel(method=method, variables=variables, info=info, workdir=folder),
+               folder / "export", platforms=("cpu",))
+  model = vqjax_exported.load_exported(folder / "export")
+  batches = list(host_batches_u8)
+  run = lambda i: model.maps(batches[i % len(batches)])
+  size = sum(p.stat().st_size for p in (folder / "export").iterdir())
+  return _outputs_workload(run, batches, {"export_bytes": size})
+
+
+def comparable(variant: str, output) -> dict:
+  """A row's output -> {map name: float32 [B,H,W]} for the agreement check."""
+  if variant == "vqjax_fp32":
+    return {k: np.asarray(output["maps"][k], np.float32) for k in MAP_NAMES}
+  if variant == "vqjax_exported":
+    return {k: np.asarray(output["maps"][k], np.float32) for k in MAP_NAMES}
+  return {k: np.asarray(v.numpy() if isinstance(v, torch.Tensor) else v, np.float32)
+          for k, v in zip(MAP_NAMES, output)}
+
+
+class DeployModels:
+  """What the deploy rows share: the torch pipeline, its ONNX file (exported once per run)
+  and a temporary folder for the vqjax export."""
+
+  def __init__(self, torch_model, anomaly_cfg, image_size: int, num_channels: int):
+    self.pipeline = ReferencePipeline(torch_model, anomaly_cfg)
+    self.image_size, self.num_channels = image_size, num_channels
+    self._tmp = tempfile.TemporaryDirectory(prefix="vqjax-deploy-")
+    self.folder = pathlib.Path(self._tmp.name)
+    self._onnx = None
+    self.onnx_info: dict = {}
+
+  def onnx_path(self) -> pathlib.Path:
+    if self._onnx is None:
+      path = self.folder / "reference.onnx"
+      start = time.perf_counter()
+      self.onnx_info = export_onnx(self.pipeline, self.image_size, self.num_channels, path)
+      self.onnx_info["onnx_export_s"] = time.perf_counter() - start
+      self._onnx = path
+    return self._onnx
