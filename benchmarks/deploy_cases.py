@@ -187,9 +187,7 @@ def exported_workload(method, variables, image_size: int, num_channels: int, hos
 
 def comparable(variant: str, output) -> dict:
   """A row's output -> {map name: float32 [B,H,W]} for the agreement check."""
-  if variant == "vqjax_fp32":
-    return {k: np.asarray(output["maps"][k], np.float32) for k in MAP_NAMES}
-  if variant == "vqjax_exported":
+  if variant.startswith("vqjax"):
     return {k: np.asarray(output["maps"][k], np.float32) for k in MAP_NAMES}
   return {k: np.asarray(v.numpy() if isinstance(v, torch.Tensor) else v, np.float32)
           for k, v in zip(MAP_NAMES, output)}

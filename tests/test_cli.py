@@ -101,7 +101,8 @@ def test_cli_runs_end_to_end_on_an_unseen_folder_and_writes_all_outputs(vq_smoke
 def test_cli_runs_on_a_greyscale_demo_category(tmp_path):
   from vqjax.data import demo
   root = tmp_path / "demo"
-  demo.generate_demo_dataset(root, num_train=10, num_test_good=3, num_test_per_defect=2)
+  demo.generate_demo_dataset(root, num_train=10, num_test_good=3, num_test_per_defect=2,
+                             categories=("gravel",))
   workdir = tmp_path / "run"
   out = _run_cli(f"--config.data.root={root}", "--config.data.category=gravel",
                  f"--config.workdir={workdir}", "--config.eval.save_arrays=True")

@@ -306,7 +306,8 @@ def test_cli_runs_favae_end_to_end_on_tiled_textures(tmp_path):
   from metric_check import check_against_arrays
   from vqjax.data import demo
   root = tmp_path / "demo"
-  demo.generate_demo_dataset(root, num_train=10, num_test_good=3, num_test_per_defect=2)
+  demo.generate_demo_dataset(root, num_train=10, num_test_good=3, num_test_per_defect=2,
+                             categories=("grass",))
   workdir = tmp_path / "run"
   out = subprocess.run(
       [sys.executable, "-m", "vqjax.main", "--config", "configs/mvtec_favae.py:smoke",

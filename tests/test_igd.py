@@ -302,7 +302,8 @@ def test_cli_runs_igd_end_to_end_on_mvtec_layout(tmp_path):
   from metric_check import check_against_arrays
   from vqjax.data import demo
   root = tmp_path / "demo"
-  demo.generate_demo_dataset(root, num_train=8, num_test_good=3, num_test_per_defect=2)
+  demo.generate_demo_dataset(root, num_train=8, num_test_good=3, num_test_per_defect=2,
+                             categories=("brick",))
   workdir = tmp_path / "run"
   out = subprocess.run(
       [sys.executable, "-m", "vqjax.main", "--config", "configs/mvtec_igd.py:smoke",

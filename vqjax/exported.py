@@ -37,12 +37,14 @@ class ExportedModel:
       raise ValueError(f"{folder / 'model.json'}: format {self.info.get('format')!r}, "
                        f"expected {EXPORT_FORMAT!r}")
     self._exported = jax_export.deserialize(bytearray((folder / "model.stablehlo").read_bytes()))
-    with np.load(folder / "weights.npz") as weights:
-      self._weights = [weights[f"w{i:05d}"] for i in range(self.info["num_weights"])]
     self._call = jax.jit(self._exported.call)
     # Run on a device of a platform the artifact was lowered for (e.g. a CPU export on a
     # machine whose default backend is a GPU).
     self.device = _first_device(self.info["platforms"])
+    # On that device once, not copied from host memory on every call (benchmarks/NOTES.md).
+    with np.load(folder / "weights.npz") as weights:
+      self._weights = [jax.device_put(weights[f"w{i:05d}"], self.device)
+                       for i in range(self.info["num_weights"])]
     self.image_size = int(self.info["image_size"])
     self.num_channels = int(self.info["num_channels"])
     self.variants = list(self.info["variants"])
