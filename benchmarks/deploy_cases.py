@@ -28,6 +28,7 @@ import time
 import numpy as np
 import torch
 
+from benchmarks import jax_cases, torch_cases
 from benchmarks.harness import MemoryProbe, Workload
 from benchmarks.torch_reference import anomaly_maps as tam
 
@@ -135,7 +136,8 @@ def torch_workload(variant: str, pipeline: ReferencePipeline, host_batches_u8,
     fn = torch.compile(pipeline, mode=compile_mode, dynamic=False)
   elif variant != "eager_fp32":
     raise ValueError(f"unknown torch deploy variant {variant!r}")
-  batches = [torch.from_numpy(nchw(b)) for b in host_batches_u8]
+  batches = [torch_cases._to_torch(b, torch.device("cpu"), channels_last=False)
+             for b in host_batches_u8]
 
   def run(i):
     with torch.no_grad():  # not inference_mode: compiled graphs are traced without it
@@ -152,18 +154,13 @@ def jit_workload(method, variables, host_batches_u8, device) -> Workload:
   batches = list(host_batches_u8)
   holder = {}
 
-  def compile_now() -> float:
-    start = time.perf_counter()
-    with jax.default_device(device):
-      holder["compiled"] = jax.jit(method.predict).lower(params, batches[0]).compile()
-    return time.perf_counter() - start
-
   def run(i):
     out = holder["compiled"](params, batches[i % len(batches)])
     return {"maps": {k: np.asarray(out["maps"][k]) for k in MAP_NAMES}}
 
   return Workload(run=run, sync=lambda _output: None, memory=MemoryProbe(),
-                  compile=compile_now, close=lambda: (holder.clear(), batches.clear()))
+                  compile=jax_cases._aot(jax.jit(method.predict), (params, batches[0]), holder),
+                  close=lambda: (holder.clear(), batches.clear()))
 
 
 def exported_workload(method, variables, image_size: int, num_channels: int, host_batches_u8,
@@ -171,9 +168,9 @@ def exported_workload(method, variables, image_size: int, num_channels: int, hos
   """Exports (vqjax.predict.export_model) and loads (vqjax.exported) the pipeline, as a user
   would with --mode=export, then times ExportedModel.maps on uint8 NHWC batches."""
   from vqjax import exported as vqjax_exported
-  from vqjax.predict import TrainedModel, export_model
+  from vqjax.predict import PREPROCESSING, TrainedModel, export_model
   info = {"method": "vqvae_ssim", "variants": list(method.variants), "image_size": image_size,
-          "num_channels": num_channels, "preprocessing": "uint8 [B,H,W,C], /255 inside",
+          "num_channels": num_channels, "preprocessing": PREPROCESSING,
           "image_score": "max", "method_scores": [], "thresholds": None,
           "map_quantiles": None, "category": "benchmark", "dataset": "random", "steps": 0}
   export_model(TrainedModel(method=method, variables=variables, info=info, workdir=folder),
