@@ -65,6 +65,78 @@ def test_ssim_anomaly_map_identical_images_is_zero_and_mean_over_channels():
                              per_channel.prod(-1), rtol=1e-5)
 
 
+def _image_pairs(batch, size=24, seed=2):
+  rng = np.random.default_rng(seed)
+  x = rng.random((batch, size, size, 3), dtype=np.float32)
+  return x, np.clip(x + 0.2 * rng.standard_normal(x.shape, dtype=np.float32), 0, 1)
+
+
+@pytest.mark.parametrize("batch", [1, 15, 16, 21, 32])
+def test_ssim_anomaly_map_in_cpu_chunks_equals_the_whole_batch(batch):
+  # Chunking changes which images a kernel sees at once, never a value; it engages (a loop in
+  # the CPU program) from 2 chunks up, padding a last partial chunk.
+  x, y = _image_pairs(batch)
+  kw = dict(window_size=5, sigma=1.0, channel_reduction="product")
+  whole = jax.jit(lambda a, b: ssim_anomaly_map(a, b, cpu_batch_chunk=0, **kw))
+  chunked = jax.jit(lambda a, b: ssim_anomaly_map(a, b, cpu_batch_chunk=8, **kw))
+  np.testing.assert_allclose(chunked(x, y), whole(x, y), rtol=0, atol=1e-6)
+  assert ("stablehlo.while" in chunked.lower(x, y).as_text()) == (batch >= 16)
+  assert "stablehlo.while" not in whole.lower(x, y).as_text()
+
+
+def test_ssim_anomaly_map_exported_with_a_symbolic_batch_chunks_at_run_time():
+  # An exported artifact does not know its batch: small batches run whole, large ones in
+  # chunks, each platform's program carrying its own choice.
+  from jax import export as jax_export
+  batch, = jax_export.symbolic_shape("batch")
+  spec = jax.ShapeDtypeStruct((batch, 24, 24, 3), np.float32)
+  exported = jax_export.export(jax.jit(lambda a, b: ssim_anomaly_map(a, b, window_size=5)),
+                               platforms=("cpu", "cuda"))(spec, spec)
+  for n in (1, 8, 19, 32):
+    x, y = _image_pairs(n, seed=n)
+    np.testing.assert_allclose(exported.call(x, y),
+                               ssim_anomaly_map(x, y, window_size=5, cpu_batch_chunk=0),
+                               rtol=0, atol=1e-6, err_msg=f"batch {n}")
+
+
+_SHARDED_SSIM = """
+import json, jax, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from vqjax.ops.anomaly_maps import ssim_anomaly_map
+rng = np.random.default_rng(0)
+x = rng.random((32, 24, 24, 3), dtype=np.float32)
+y = np.clip(x + 0.2 * rng.standard_normal(x.shape, dtype=np.float32), 0, 1)
+sharding = NamedSharding(jax.make_mesh((4,), ("batch",)), P("batch"))
+xs, ys = jax.device_put(x, sharding), jax.device_put(y, sharding)
+chunked = jax.jit(lambda a, b: ssim_anomaly_map(a, b, window_size=5, cpu_batch_chunk=4))
+hlo = chunked.lower(xs, ys).compile().as_text()
+out = chunked(xs, ys)
+print(json.dumps({"devices": len(out.sharding.device_set), "loops": hlo.count(" while("),
+                  "max_diff": float(np.abs(np.asarray(out) - np.asarray(ssim_anomaly_map(
+                      x, y, window_size=5, cpu_batch_chunk=0))).max()),
+                  "collectives": sum(hlo.count(c) for c in ("all-gather(", "all-reduce(",
+                                                            "all-to-all(", "collective-permute("))}))
+"""
+
+
+def test_ssim_anomaly_map_chunks_a_sharded_batch_on_each_device():
+  # A batch sharded over 4 CPU devices: the chunks are strided so that each device loops over
+  # its own images; no image crosses devices (no collective) and the map is the same.
+  import json
+  import os
+  import subprocess
+  import sys
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  done = subprocess.run([sys.executable, "-c", _SHARDED_SSIM], env=env, capture_output=True,
+                        text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  out = json.loads(done.stdout.strip().splitlines()[-1])
+  assert out["devices"] == 4 and out["loops"] >= 1
+  assert out["max_diff"] <= 1e-6
+  assert out["collectives"] == 0
+
+
 @pytest.mark.parametrize("size", [1, 3, 7])
 def test_grey_dilation_matches_scipy(size):
   maps = np.random.default_rng(2).random((3, 16, 21)).astype(np.float32)
