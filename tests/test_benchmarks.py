@@ -328,3 +328,24 @@ def test_results_are_saved_complete_and_a_cut_run_is_marked(smoke_run):
   assert data["complete"] is True and "Incomplete run" not in markdown
   cut = dict(data, results=data["results"][:3], complete=False)
   assert "**Incomplete run**: 3 configurations measured" in report.render(cut)
+
+
+def test_conv_profile_times_every_convolution_of_the_network_in_xla_and_onnx_runtime():
+  """benchmarks.conv_profile: one row per conv of the VQ-VAE (read from its jaxpr: the smoke
+  model has 2 strided + 1 3x3 + 2 per residual layer + 2 projections + 2 transposed), each
+  run in both frameworks with matching output shapes (checked inside), flops counted on the
+  useful work."""
+  from benchmarks import conv_profile
+  from configs import mvtec_vq
+  config = mvtec_vq.get_config("smoke")
+  rows = conv_profile.profile(config, batch=2, repeats=1)
+  kinds = [r["kind"] for r in rows]
+  assert len(rows) == 4 + 4 * config.model.num_residual_layers + 2
+  assert kinds[:2] == ["stride 2", "stride 2"] and kinds[-2:] == ["transposed", "transposed"]
+  first, last = rows[0], rows[-1]
+  size, c = config.data.image_size, config.model.channels
+  assert first["mflop"] == pytest.approx(2 * 2 * (size // 2) ** 2 * 16 * 3 * c / 1e6)
+  assert last["channels"] == f"{c}->3" and last["input_hw"] == [size // 2, size // 2]
+  assert all(r["xla_ms"] > 0 and r["ort_ms"] > 0 for r in rows)
+  table = conv_profile.markdown(rows, 2)
+  assert table.count("\n| ") == len(rows) + 2 and "| all |" in table  # header, rows, all

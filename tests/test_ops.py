@@ -90,13 +90,22 @@ def test_ssim_anomaly_map_exported_with_a_symbolic_batch_chunks_at_run_time():
   from jax import export as jax_export
   batch, = jax_export.symbolic_shape("batch")
   spec = jax.ShapeDtypeStruct((batch, 24, 24, 3), np.float32)
-  exported = jax_export.export(jax.jit(lambda a, b: ssim_anomaly_map(a, b, window_size=5)),
-                               platforms=("cpu", "cuda"))(spec, spec)
+  exported = jax_export.export(
+      jax.jit(lambda a, b: ssim_anomaly_map(a, b, window_size=5, cpu_batch_chunk=8)),
+      platforms=("cpu", "cuda"))(spec, spec)
   for n in (1, 8, 19, 32):
     x, y = _image_pairs(n, seed=n)
     np.testing.assert_allclose(exported.call(x, y),
                                ssim_anomaly_map(x, y, window_size=5, cpu_batch_chunk=0),
                                rtol=0, atol=1e-6, err_msg=f"batch {n}")
+
+
+def test_cpu_ssim_chunk_keeps_a_chunks_moments_within_a_megabyte():
+  from vqjax.ops.anomaly_maps import cpu_ssim_batch_chunk
+  assert cpu_ssim_batch_chunk((64, 64, 3)) == 4  # the measured best at 64 px RGB
+  assert cpu_ssim_batch_chunk((64, 64, 1)) == 12
+  assert cpu_ssim_batch_chunk((128, 128, 3)) == 1
+  assert cpu_ssim_batch_chunk((256, 256, 3)) == 1
 
 
 _SHARDED_SSIM = """
