@@ -11,13 +11,38 @@ PRESETS = {
                 repeats=20, warmup=3),
     "smoke": dict(config="smoke", batches=(1, 4), train_batches=(4,), repeats=3, warmup=1),
 }
-PARTS = ("inference", "train", "ssim", "favae", "igd", "igd_train", "deploy")
+# CPU deployment parts (benchmarks/deploy_cases.py), one per method -> the maps its rows return
+# and compare with vqjax jit's: absolute difference, or relative to the largest value of the
+# map for maps without a fixed scale.
+DEPLOY_MAPS = {
+    "deploy": (("ssim", "abs"), ("ssim_am", "rel")),  # VQ-VAE SM and SSIM+AM
+    "deploy_favae": (("favae", "rel"),),  # FAVAE's merged log-density map
+    "deploy_igd": (("igd", "abs"),),  # IGD's Eq. 12 map, in [0, 1]
+}
+DEPLOY_PARTS = tuple(DEPLOY_MAPS)
+PARTS = ("inference", "train", "ssim", "favae", "igd", "igd_train", *DEPLOY_PARTS)
 # Parts timed at the preset's train_batches on uint8 batches (the train steps take uint8).
 TRAIN_PARTS = ("train", "igd_train")
 # Parts fed uint8 images (what a camera gives): the train steps and the deployment rows.
-UINT8_PARTS = (*TRAIN_PARTS, "deploy")
-# Parts run by default: `deploy` needs the deploy-bench extra and is asked for by name.
-DEFAULT_PARTS = tuple(p for p in PARTS if p != "deploy")
+UINT8_PARTS = (*TRAIN_PARTS, *DEPLOY_PARTS)
+# Parts run by default: the deploy parts need the deploy-bench extra and are asked for by name.
+DEFAULT_PARTS = tuple(p for p in PARTS if p not in DEPLOY_PARTS)
+
+
+def _deploy_variants(method: str) -> list[tuple[str, str, str]]:
+  """The rows of a deploy part: `method` is '' for the VQ-VAE (its labels predate the others)."""
+  m = f"{method} " if method else ""
+  return [
+      ("vqjax_fp32", f"vqjax {m}jit fp32", "fp32"),
+      ("vqjax_exported", f"vqjax {m}exported artifact (vqjax.exported)", "fp32"),
+      ("torch_eager_fp32", f"torch {m}eager fp32 (reference)", "fp32"),
+      ("torch_compile_fp32", f"torch.compile {m}fp32", "fp32"),
+      ("onnxruntime_fp32", f"ONNX Runtime CPU ({m}reference -> ONNX)", "fp32"),
+      ("openvino_fp32", f"OpenVINO CPU, precision hint f32 (same {m}ONNX)", "fp32"),
+      ("openvino_default", f"OpenVINO CPU, default precision hint (same {m}ONNX)", "default"),
+  ]
+
+
 # part -> [(variant key, label, precision)]; report.py's ratios refer to these keys.
 VARIANTS = {
     "inference": [
@@ -63,17 +88,11 @@ VARIANTS = {
         ("vqjax_fp32", "vqjax IGD jit train step fp32", "fp32"),
         ("vqjax_bf16", "vqjax IGD jit train step bf16", "bf16"),
     ],
-    # CPU deployment (benchmarks/deploy_cases.py): the full SM / SSIM+AM pipeline of the same
-    # weights on uint8 images, vqjax against what factories deploy with.
-    "deploy": [
-        ("vqjax_fp32", "vqjax jit fp32", "fp32"),
-        ("vqjax_exported", "vqjax exported artifact (vqjax.exported)", "fp32"),
-        ("torch_eager_fp32", "torch eager fp32 (reference)", "fp32"),
-        ("torch_compile_fp32", "torch.compile fp32", "fp32"),
-        ("onnxruntime_fp32", "ONNX Runtime CPU (reference -> ONNX)", "fp32"),
-        ("openvino_fp32", "OpenVINO CPU, precision hint f32 (same ONNX)", "fp32"),
-        ("openvino_default", "OpenVINO CPU, default precision hint (same ONNX)", "default"),
-    ],
+    # CPU deployment (benchmarks/deploy_cases.py): each method's full map pipeline of the
+    # same weights on uint8 images, vqjax against what factories deploy with.
+    "deploy": _deploy_variants(""),
+    "deploy_favae": _deploy_variants("FAVAE"),
+    "deploy_igd": _deploy_variants("IGD"),
 }
 # --fp32-precision -> jax_default_matmul_precision (convs and dots without explicit precision)
 JAX_PRECISION = {"tf32": "tensorfloat32", "fp32": "float32"}

@@ -1,13 +1,15 @@
 """Deployment rows: the full anomaly-map pipeline on uint8 images, as a factory would run it.
 
-Every row takes the same uint8 images and returns the SM and SSIM+AM maps of the same weights:
+One part per method (`deploy`: VQ-VAE SSIM / SSIM+AM; `deploy_favae`: FAVAE's merged map;
+`deploy_igd`: IGD's Eq. 12 map). Every row takes the same uint8 images and returns the maps of
+the same weights (configurations.DEPLOY_MAPS names them):
   vqjax jit fp32           `jax.jit(VQVAESSIM.predict)` on uint8 NHWC (scaled inside), NumPy in
                            and out like every other row;
   vqjax exported           the artifact `--mode=export` writes (jax.export, symbolic batch),
                            loaded with `vqjax.exported` (jax + numpy only), maps and scores
                            (`ExportedModel.maps`; the host-side decisions are not timed);
   torch eager / compile    the PyTorch reference (`ReferencePipeline`: uint8 NCHW -> /255 ->
-                           `torch_reference.anomaly_maps`), eager, and `torch.compile` fp32;
+                           the method's `torch_reference` maps), eager, and `torch.compile` fp32;
   ONNX Runtime             that module exported to ONNX (`torch.onnx.export`, dynamo exporter,
                            symbolic batch), CPU execution provider, all graph optimisations;
   OpenVINO                 the same ONNX file, CPU plugin, INFERENCE_PRECISION_HINT f32, and
@@ -24,28 +26,66 @@ from __future__ import annotations
 import pathlib
 import tempfile
 import time
+import types
 
 import numpy as np
 import torch
 
 from benchmarks import jax_cases, torch_cases
+from benchmarks.configurations import DEPLOY_MAPS
 from benchmarks.harness import MemoryProbe, Workload
-from benchmarks.torch_reference import anomaly_maps as tam
-
-MAP_NAMES = ("ssim", "ssim_am")
 
 
 class ReferencePipeline(torch.nn.Module):
-  """uint8 images [B,C,H,W] -> (SM, SSIM+AM) [B,H,W] of the reference model (eval mode)."""
+  """uint8 images [B,C,H,W] -> the maps `map_names` ([B,H,W] each, a tuple) of reference
+  networks in eval mode: maps_fn(*nets, images in [0,1]) -> {name: map}."""
 
-  def __init__(self, model, anomaly_cfg):
+  def __init__(self, nets, maps_fn, map_names):
     super().__init__()
-    self.model = model.eval()
-    self.anomaly_cfg = anomaly_cfg
+    self.nets = torch.nn.ModuleList([net.eval() for net in nets])
+    self.maps_fn, self.map_names = maps_fn, tuple(map_names)
 
   def forward(self, images_u8):
-    maps = tam.traceable_anomaly_maps(self.model, images_u8.float() / 255.0, self.anomaly_cfg)
-    return maps["ssim"], maps["ssim_am"]
+    maps = self.maps_fn(*self.nets, images_u8.float() / 255.0)
+    return tuple(maps[k] for k in self.map_names)
+
+
+def map_names(part: str) -> tuple[str, ...]:
+  return tuple(name for name, _ in DEPLOY_MAPS[part])
+
+
+def vqvae_pipeline(model, anomaly_cfg) -> ReferencePipeline:
+  from benchmarks.torch_reference import anomaly_maps as tam
+  return ReferencePipeline([model], lambda m, x: tam.traceable_anomaly_maps(m, x, anomaly_cfg),
+                           map_names("deploy"))
+
+
+def favae_pipeline(model, vgg) -> ReferencePipeline:
+  from benchmarks.torch_reference import favae as tfavae
+  return ReferencePipeline([model, vgg], tfavae.anomaly_maps, map_names("deploy_favae"))
+
+
+class _IGDScales(torch.nn.Module):
+  """The torch IGD's scales under attribute names torch.export can write back as Python (its
+  ModuleDict key 'global' is a keyword: the ONNX exporter's FX code fails on it)."""
+
+  def __init__(self, model):
+    super().__init__()
+    self.global_scale = model.scales["global"]
+    self.local_scale = model.scales["local"] if "local" in model.scales else None
+
+  def as_igd(self):
+    scales = {"global": self.global_scale}
+    if self.local_scale is not None:
+      scales["local"] = self.local_scale
+    return types.SimpleNamespace(training=self.training, scales=scales)
+
+
+def igd_pipeline(model, config) -> ReferencePipeline:
+  from benchmarks.torch_reference import igd as tigd
+  return ReferencePipeline(
+      [_IGDScales(model)], lambda s, x: tigd.anomaly_outputs(s.as_igd(), x, config)["maps"],
+      map_names("deploy_igd"))
 
 
 def _require(module: str):
@@ -70,7 +110,7 @@ def export_onnx(pipeline: ReferencePipeline, image_size: int, num_channels: int,
   batch = torch.export.Dim("batch", min=1, max=4096)
   with torch.no_grad():
     torch.onnx.export(pipeline, (example,), str(path), dynamo=True, input_names=["images"],
-                      output_names=list(MAP_NAMES), dynamic_shapes=({0: batch},),
+                      output_names=list(pipeline.map_names), dynamic_shapes=({0: batch},),
                       verbose=False)
   return {"onnx_bytes": path.stat().st_size, "onnx_exporter": "torch.onnx.export(dynamo=True)"}
 
@@ -80,7 +120,8 @@ def _outputs_workload(run, batches, info) -> Workload:
                   close=batches.clear, info=lambda: dict(info))
 
 
-def onnxruntime_workload(onnx_path: pathlib.Path, host_batches_u8, threads: int) -> Workload:
+def onnxruntime_workload(onnx_path: pathlib.Path, host_batches_u8, threads: int,
+                         names: tuple[str, ...]) -> Workload:
   ort = _require("onnxruntime")
   options = ort.SessionOptions()
   options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -91,7 +132,7 @@ def onnxruntime_workload(onnx_path: pathlib.Path, host_batches_u8, threads: int)
   build_s = time.perf_counter() - start
   batches = [nchw(b) for b in host_batches_u8]
   name = session.get_inputs()[0].name
-  run = lambda i: session.run(list(MAP_NAMES), {name: batches[i % len(batches)]})
+  run = lambda i: session.run(list(names), {name: batches[i % len(batches)]})
   info = {"onnxruntime_version": ort.__version__, "providers": session.get_providers(),
           "session_build_s": build_s,
           "intra_op_num_threads": threads, "graph_optimization_level": "ORT_ENABLE_ALL"}
@@ -99,7 +140,7 @@ def onnxruntime_workload(onnx_path: pathlib.Path, host_batches_u8, threads: int)
 
 
 def openvino_workload(onnx_path: pathlib.Path, host_batches_u8, threads: int,
-                      precision_hint: str | None) -> Workload:
+                      precision_hint: str | None, names: tuple[str, ...]) -> Workload:
   """precision_hint 'f32', or None for the CPU plugin's default."""
   ov = _require("openvino")
   core = ov.Core()
@@ -113,7 +154,7 @@ def openvino_workload(onnx_path: pathlib.Path, host_batches_u8, threads: int,
   build_s = time.perf_counter() - start
   request = compiled.create_infer_request()
   batches = [nchw(b) for b in host_batches_u8]
-  outputs = [compiled.output(n) for n in MAP_NAMES]
+  outputs = [compiled.output(n) for n in names]
 
   def run(i):
     result = request.infer({0: batches[i % len(batches)]})
@@ -146,30 +187,31 @@ def torch_workload(variant: str, pipeline: ReferencePipeline, host_batches_u8,
   return _outputs_workload(run, batches, {"torch_num_threads": torch.get_num_threads()})
 
 
-def jit_workload(method, variables, host_batches_u8, device) -> Workload:
+def jit_workload(method, variables, host_batches_u8, device, names: tuple[str, ...],
+                 variable_keys: tuple[str, ...]) -> Workload:
   """`jax.jit(method.predict)` compiled ahead of time, called as a deployed program is: NumPy
-  uint8 batches in, NumPy maps out (host transfers timed, as every other row's)."""
+  uint8 batches in, NumPy maps `names` out (host transfers timed, as every other row's)."""
   import jax
-  params = jax.device_put({k: variables[k] for k in ("params", "batch_stats")}, device)
+  params = jax.device_put({k: variables[k] for k in variable_keys}, device)
   batches = list(host_batches_u8)
   holder = {}
 
   def run(i):
     out = holder["compiled"](params, batches[i % len(batches)])
-    return {"maps": {k: np.asarray(out["maps"][k]) for k in MAP_NAMES}}
+    return {"maps": {k: np.asarray(out["maps"][k]) for k in names}}
 
   return Workload(run=run, sync=lambda _output: None, memory=MemoryProbe(),
                   compile=jax_cases._aot(jax.jit(method.predict), (params, batches[0]), holder),
                   close=lambda: (holder.clear(), batches.clear()))
 
 
-def exported_workload(method, variables, image_size: int, num_channels: int, host_batches_u8,
-                      folder: pathlib.Path) -> Workload:
+def exported_workload(method, method_name: str, variables, image_size: int, num_channels: int,
+                      host_batches_u8, folder: pathlib.Path) -> Workload:
   """Exports (vqjax.predict.export_model) and loads (vqjax.exported) the pipeline, as a user
   would with --mode=export, then times ExportedModel.maps on uint8 NHWC batches."""
   from vqjax import exported as vqjax_exported
   from vqjax.predict import PREPROCESSING, TrainedModel, export_model
-  info = {"method": "vqvae_ssim", "variants": list(method.variants), "image_size": image_size,
+  info = {"method": method_name, "variants": list(method.variants), "image_size": image_size,
           "num_channels": num_channels, "preprocessing": PREPROCESSING,
           "image_score": "max", "method_scores": [], "thresholds": None,
           "map_quantiles": None, "category": "benchmark", "dataset": "random", "steps": 0}
@@ -182,20 +224,32 @@ def exported_workload(method, variables, image_size: int, num_channels: int, hos
   return _outputs_workload(run, batches, {"export_bytes": size})
 
 
-def comparable(variant: str, output) -> dict:
+def comparable(variant: str, output, names: tuple[str, ...]) -> dict:
   """A row's output -> {map name: float32 [B,H,W]} for the agreement check."""
   if variant.startswith("vqjax"):
-    return {k: np.asarray(output["maps"][k], np.float32) for k in MAP_NAMES}
+    return {k: np.asarray(output["maps"][k], np.float32) for k in names}
   return {k: np.asarray(v.numpy() if isinstance(v, torch.Tensor) else v, np.float32)
-          for k, v in zip(MAP_NAMES, output)}
+          for k, v in zip(names, output)}
+
+
+def agreement(values: dict, reference: dict, part: str) -> dict:
+  """max |difference| of each map from vqjax jit's: absolute, or relative to the reference
+  map's largest value for maps without a fixed scale (SSIM+AM, FAVAE's log-densities)."""
+  out = {}
+  for name, kind in DEPLOY_MAPS[part]:
+    diff = float(np.max(np.abs(values[name] - reference[name])))
+    if kind == "rel":
+      diff /= float(np.max(np.abs(reference[name]))) or 1.0
+    out[f"max_{kind}_diff_{name}"] = diff
+  return out
 
 
 class DeployModels:
-  """What the deploy rows share: the torch pipeline, its ONNX file (exported once per run)
-  and a temporary folder for the vqjax export."""
+  """What one part's deploy rows share: the torch pipeline, its ONNX file (exported once per
+  run) and a temporary folder for the vqjax export."""
 
-  def __init__(self, torch_model, anomaly_cfg, image_size: int, num_channels: int):
-    self.pipeline = ReferencePipeline(torch_model, anomaly_cfg)
+  def __init__(self, pipeline: ReferencePipeline, image_size: int, num_channels: int):
+    self.pipeline = pipeline
     self.image_size, self.num_channels = image_size, num_channels
     self._tmp = tempfile.TemporaryDirectory(prefix="vqjax-deploy-")
     self.folder = pathlib.Path(self._tmp.name)
@@ -203,10 +257,18 @@ class DeployModels:
     self.onnx_info: dict = {}
 
   def onnx_path(self) -> pathlib.Path:
+    """The pipeline's ONNX file, exported on first use; a failed export is tried once and its
+    error given to every ONNX row."""
+    if isinstance(self._onnx, Exception):
+      raise self._onnx
     if self._onnx is None:
       path = self.folder / "reference.onnx"
       start = time.perf_counter()
-      self.onnx_info = export_onnx(self.pipeline, self.image_size, self.num_channels, path)
+      try:
+        self.onnx_info = export_onnx(self.pipeline, self.image_size, self.num_channels, path)
+      except Exception as e:  # noqa: BLE001 - recorded in each ONNX row
+        self._onnx = e
+        raise
       self.onnx_info["onnx_export_s"] = time.perf_counter() - start
       self._onnx = path
     return self._onnx

@@ -10,6 +10,8 @@ import json
 import pathlib
 import sys
 
+from benchmarks.configurations import DEPLOY_MAPS, DEPLOY_PARTS
+
 # Ratio baselines: (part, variant) of the torch configurations others are compared with.
 COMPILE_BF16 = "torch_compile_bf16_cl"
 EAGER_AMP = "torch_eager_bf16_cl"
@@ -42,7 +44,7 @@ def add_ratios(results: list[dict]) -> None:
   """Stores the ratios the tables show in each result (so the JSON has them too)."""
   for r in results:
     r["ratios"] = {f"vs_{b}": ratio(results, r, b) for b in (COMPILE_BF16, EAGER_AMP, EAGER_FP32)}
-    if r["part"] == "deploy":
+    if r["part"] in DEPLOY_PARTS:
       best = best_other(results, r)
       r["ratios"]["vs_best_other"] = (
           None if best is None or r["status"] != "ok" else r["images_per_s"] / best["images_per_s"])
@@ -166,8 +168,12 @@ def _deploy_facts(r: dict) -> str:
   return ", ".join(f"{k}={r[k]}" for k in keys if r.get(k) is not None) or "n/a"
 
 
-def deploy_table(results: list[dict]) -> list[str]:
-  rows = _rows(results, "deploy")
+_MAP_LABELS = {"ssim": "SM", "ssim_am": "SSIM+AM", "favae": "FAVAE map", "igd": "IGD map"}
+
+
+def deploy_table(results: list[dict], part: str = "deploy") -> list[str]:
+  rows = _rows(results, part)
+  maps = DEPLOY_MAPS[part]
   cells = []
   for r in rows:
     ok = r["status"] == "ok"
@@ -177,12 +183,13 @@ def deploy_table(results: list[dict]) -> list[str]:
     cells.append([r["label"], str(r["batch"]), _status_cell(r),
                   _ms(r.get("median_s")) if ok else "n/a", _ms(r.get("p90_s")) if ok else "n/a",
                   _num(r.get("first_call_s"), "{:.2f}") if ok else "n/a",
-                  _agreement(r, "max_abs_diff_ssim"), _agreement(r, "max_rel_diff_ssim_am"),
+                  *(_agreement(r, f"max_{kind}_diff_{name}") for name, kind in maps),
                   _deploy_facts(r), vs_best])
+  agreement_headers = [("max \\|Δ {}\\|" if kind == "abs" else "max rel. \\|Δ {}\\|").format(
+      _MAP_LABELS[name]) + (" vs vqjax jit" if i == 0 else "") for i, (name, kind) in enumerate(maps)]
   return markdown_table(
-      ["variant", "batch", "images/s", "p50 ms", "p90 ms", "first call s",
-       "max \\|Δ SM\\| vs vqjax jit", "max rel. \\|Δ SSIM+AM\\|", "threads / precision",
-       "× best other row"], cells)
+      ["variant", "batch", "images/s", "p50 ms", "p90 ms", "first call s", *agreement_headers,
+       "threads / precision", "× best other row"], cells)
 
 
 def resampling_table(rows: list[dict]) -> list[str]:
@@ -274,12 +281,17 @@ def render(data: dict) -> str:
               "", "- no PyTorch twin of the training step: absolute figures only (torch "
               "ratios n/a); the encoder trains too (no distilled encoder, which would be frozen)",
               f"- model: {data['settings'].get('igd_model')}", "", *igd_train_table(results)]
-  if "deploy" in parts:
-    lines += ["", "## CPU deployment: uint8 images → SM and SSIM+AM maps, same weights", "",
+  deploy_titles = {"deploy": "SM and SSIM+AM maps", "deploy_favae": "FAVAE's merged map",
+                   "deploy_igd": "IGD's Eq. 12 map"}
+  for part in (p for p in DEPLOY_PARTS if p in parts):
+    model = {"deploy_favae": "favae_model", "deploy_igd": "igd_model"}.get(part)
+    lines += ["", f"## CPU deployment: uint8 images → {deploy_titles[part]}, same weights", "",
               "- rows: benchmarks/deploy_cases.py; p50 = median of the timed calls; *× best "
               "other row* = vqjax images/s over the fastest non-vqjax row at that batch; "
-              "agreement on the first input batch of the smallest batch (SSIM+AM relative to "
-              "its largest value)", "", *deploy_table(results)]
+              "agreement on the first input batch of the smallest batch (*rel.*: relative to "
+              "the map's largest value)",
+              *([f"- model: {data['settings'].get(model)}"] if model else []), "",
+              *deploy_table(results, part)]
   if "inference" in parts:
     lines += ["", "## Inference: model → reconstruction → SSIM and SSIM+AM maps", "",
               *inference_table(results)]

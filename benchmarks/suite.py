@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from benchmarks import deploy_cases, environment, harness, jax_cases, report, torch_cases
-from benchmarks.configurations import (JAX_PRECISION, PARTS, PRESETS, TRAIN_PARTS, UINT8_PARTS,
-                                      VARIANTS)
+from benchmarks.configurations import (DEPLOY_PARTS, JAX_PRECISION, PARTS, PRESETS,
+                                      TRAIN_PARTS, UINT8_PARTS, VARIANTS)
 from configs import mvtec_favae, mvtec_igd, mvtec_vq
 from vqjax.report import write_json, write_text
 
@@ -69,8 +69,8 @@ def host_batches(part: str, batch: int, image_size: int, seed: int) -> list[np.n
 def comparable(part: str, variant: str, output):
   """A first call's output -> NumPy values comparable across frameworks."""
   is_jax = variant.startswith("vqjax")
-  if part == "deploy":
-    return deploy_cases.comparable(variant, output)
+  if part in DEPLOY_PARTS:
+    return deploy_cases.comparable(variant, output, deploy_cases.map_names(part))
   if part in TRAIN_PARTS:
     return float(output[1]["loss"] if is_jax else output)  # (state, metrics) | loss
   if part == "ssim":
@@ -107,7 +107,7 @@ class Bench:
     self.reference = {}  # part -> vqjax fp32 values on the first input batch
     self._favae = None  # built on first use: (methods, variables, torch models, image size)
     self._igd = None  # the same for IGD
-    self._deploy = None  # deploy_cases.DeployModels, built on first use
+    self._deploy = {}  # deploy part -> deploy_cases.DeployModels, built on first use
 
   def favae(self):
     """FAVAE's methods, variables and torch twins (configs/mvtec_favae.py, same preset)."""
@@ -135,42 +135,62 @@ class Bench:
                        image_size=config.data.image_size, config=config)
     return self._igd
 
-  def deploy(self) -> deploy_cases.DeployModels:
-    if self._deploy is None:
-      self._deploy = deploy_cases.DeployModels(self.torch_model, self.config.anomaly,
-                                               self.image_size, NUM_CHANNELS)
-    return self._deploy
+  def deploy(self, part: str) -> deploy_cases.DeployModels:
+    if part not in self._deploy:
+      if part == "deploy":
+        pipeline, size = deploy_cases.vqvae_pipeline(self.torch_model, self.config.anomaly), \
+            self.image_size
+      elif part == "deploy_favae":
+        f = self.favae()
+        pipeline, size = deploy_cases.favae_pipeline(*f["models"]), f["image_size"]
+      else:
+        g = self.igd()
+        pipeline, size = deploy_cases.igd_pipeline(g["model"], g["config"]), g["image_size"]
+      self._deploy[part] = deploy_cases.DeployModels(pipeline, size, NUM_CHANNELS)
+    return self._deploy[part]
 
-  def build_deploy(self, variant: str, inputs) -> harness.Workload:
+  def _deploy_method(self, part: str):
+    """(vqjax method, its registry name, variables, the variable collections predict takes)."""
+    if part == "deploy":
+      return self.methods["fp32"], "vqvae_ssim", self.variables, ("params", "batch_stats")
+    if part == "deploy_favae":
+      f = self.favae()
+      return f["methods"]["fp32"], "favae", f["variables"], ("params", "batch_stats", "frozen")
+    g = self.igd()
+    return g["methods"]["fp32"], "igd", g["variables"], ("params", "model_state", "gsvdd")
+
+  def build_deploy(self, part: str, variant: str, inputs) -> harness.Workload:
     if self.s["device"] != "cpu":
       raise ValueError("the deploy rows are CPU rows: run them with --device cpu")
-    d, threads = self.deploy(), self.s["cpu_threads"]
+    d, threads = self.deploy(part), self.s["cpu_threads"]
     threads = threads if isinstance(threads, int) else 0
+    names = deploy_cases.map_names(part)
+    method, method_name, variables, keys = self._deploy_method(part)
     if variant == "vqjax_fp32":
-      return deploy_cases.jit_workload(self.methods["fp32"], self.variables, inputs,
-                                       self.jax_device)
+      return deploy_cases.jit_workload(method, variables, inputs, self.jax_device, names, keys)
     if variant == "vqjax_exported":
-      return deploy_cases.exported_workload(self.methods["fp32"], self.variables,
-                                            self.image_size, NUM_CHANNELS, inputs, d.folder)
+      return deploy_cases.exported_workload(method, method_name, variables, d.image_size,
+                                            NUM_CHANNELS, inputs, d.folder)
     if variant.startswith("torch_"):
       return deploy_cases.torch_workload(variant.split("_", 1)[1], d.pipeline, inputs,
                                          self.s["compile_mode"])
     onnx_path = d.onnx_path()
-    self.s["deploy_onnx"] = d.onnx_info  # exported once per run: recorded with the settings
+    self.s[f"{part}_onnx"] = d.onnx_info  # exported once per run: recorded with the settings
     if variant == "onnxruntime_fp32":
-      return deploy_cases.onnxruntime_workload(onnx_path, inputs, threads)
+      return deploy_cases.onnxruntime_workload(onnx_path, inputs, threads, names)
     hint = {"openvino_fp32": "f32", "openvino_default": None}[variant]
-    return deploy_cases.openvino_workload(onnx_path, inputs, threads, hint)
+    return deploy_cases.openvino_workload(onnx_path, inputs, threads, hint, names)
 
   def part_image_size(self, part: str) -> int:
-    if part == "favae":
+    if part in ("favae", "deploy_favae"):
       return self.favae()["image_size"]
-    return self.igd()["image_size"] if part in ("igd", "igd_train") else self.image_size
+    return (self.igd()["image_size"] if part in ("igd", "igd_train", "deploy_igd")
+            else self.image_size)
 
   def build(self, part: str, variant: str, precision: str, inputs) -> harness.Workload:
     framework, kind = variant.split("_", 1)
-    if part == "deploy":
-      return self.build_deploy(variant, inputs)
+    if part in DEPLOY_PARTS:
+      return self.build_deploy(part, variant, inputs)
     if part == "favae":
       f = self.favae()
       if framework == "vqjax":
@@ -261,6 +281,8 @@ class Bench:
       return {"max_abs_diff": float(np.max(np.abs(values - ref)))}
     if part == "favae":  # sums of hundreds of channel log-densities: relative to the largest
       return {"max_rel_diff": float(np.max(np.abs(values - ref)) / (np.max(np.abs(ref)) or 1.0))}
+    if part in DEPLOY_PARTS:
+      return deploy_cases.agreement(values, ref, part)
     # SSIM+AM scales with squared latent distances: relative to its largest value.
     scale = float(np.max(np.abs(ref["ssim_am"]))) or 1.0
     return {"max_abs_diff_ssim": float(np.max(np.abs(values["ssim"] - ref["ssim"]))),
@@ -310,12 +332,12 @@ def main(args: argparse.Namespace, argv: list[str], runtime: dict) -> dict:
                        f"{m.num_downsamplings} downsamplings, {m.num_residual_layers} residual "
                        f"layers, M={m.num_codes}, D={m.embedding_dim}")
   settings["image_size"] = bench.image_size
-  if "favae" in settings["parts"]:
+  if {"favae", "deploy_favae"} & set(settings["parts"]):
     f = bench.favae()["config"]
     settings["favae_model"] = (f"configs/mvtec_favae.py:{settings['config_preset']} — width "
                                f"{f.model.width}, latent {f.model.latent_dim}, VGG16 (7, 14, 21), "
                                f"images {f.data.image_size}x{f.data.image_size}x3")
-  if {"igd", "igd_train"} & set(settings["parts"]):
+  if {"igd", "igd_train", "deploy_igd"} & set(settings["parts"]):
     g = bench.igd()["config"]
     settings["igd_model"] = (
         f"configs/mvtec_igd.py:{settings['config_preset']} — global widths "
