@@ -1,13 +1,14 @@
 """Per-convolution CPU profile: XLA's convolutions against ONNX Runtime's on the same shapes.
 
-Each convolution of the VQ-VAE's inference program (read from its jaxpr, so the list follows
-the model) is timed alone: as `lax.conv_general_dilated` with the jaxpr's own parameters under
+Each convolution of a method's inference program (`predict`, read from its jaxpr, so the list
+follows the model) is timed alone: as `lax.conv_general_dilated` with the jaxpr's own parameters under
 jax.jit, and as a one-node ONNX model (Conv, or ConvTranspose for the decoder's lhs-dilated
 convolutions) under ONNX Runtime's CPU provider with all graph optimisations. One thread each
 (set XLA_FLAGS before JAX starts: this module does it when run as a script). Answers where the
 deployment table's network gap comes from (benchmarks/NOTES.md, issue 15):
 
   python -m benchmarks.conv_profile --preset default --batch-sizes 1,32
+  python -m benchmarks.conv_profile --method favae --batch-sizes 1,8
 
 Needs onnx and onnxruntime (`pip install -e ".[deploy-bench]"`).
 """
@@ -23,29 +24,51 @@ import time
 SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
-def conv_layers(config, batch: int) -> list[dict]:
-  """The convolutions of VQVAESSIM.predict's network for `batch` images, in program order:
-  dicts of lhs/rhs shapes (NHWC / HWIO) and the conv's window parameters."""
+METHODS = ("vqvae_ssim", "favae", "igd")
+
+
+def method_and_variables(name: str, preset: str):
+  """(vqjax method, host variables, image size) of configs/mvtec_<name>.py:<preset>, random
+  weights as the benchmark harness makes them."""
+  from benchmarks import jax_cases
+  if name == "vqvae_ssim":
+    from configs import mvtec_vq
+    config = mvtec_vq.get_config(preset)
+    method = jax_cases.method_for(config, "float32", 3)
+    size = config.data.image_size
+    return method, jax_cases.random_variables(method, (size, size, 3), 0), size
+  if name == "favae":
+    from configs import mvtec_favae
+    config = mvtec_favae.get_config(preset)
+    method = jax_cases.favae_method(config, "float32", 3)
+    size = config.data.image_size
+    return method, jax_cases.favae_variables(method, (size, size, 3), 0), size
+  from configs import mvtec_igd
+  config = mvtec_igd.get_config(preset)
+  method = jax_cases.igd_method(config, "float32", 3)
+  return method, jax_cases.igd_variables(method, 0), config.data.image_size
+
+
+def conv_layers(method, variables, image_size: int, batch: int) -> list[dict]:
+  """The convolutions of method.predict for `batch` images, in program order: dicts of
+  lhs/rhs shapes (as the jaxpr has them) and the conv's window parameters."""
   import jax
   import jax.extend as jax_extend
-  from benchmarks import jax_cases
-  from vqjax.methods.vqvae_ssim import _eval_vars
-  size = config.data.image_size
-  method = jax_cases.method_for(config, "float32", 3)
-  variables = jax_cases.random_variables(method, (size, size, 3), 0)
-  images = jax.ShapeDtypeStruct((batch, size, size, 3), "float32")
-  jaxpr = jax.make_jaxpr(lambda v, x: method.model.apply(_eval_vars(v), x, train=False))(
-      variables, images)
+  images = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), "uint8")
+  jaxpr = jax.make_jaxpr(method.predict)(variables, images)
   layers = []
 
   def walk(jpr):
     for eqn in jpr.eqns:
       if eqn.primitive.name == "conv_general_dilated":
         p = eqn.params
+        if p["batch_group_count"] != 1 or any(d != 1 for d in p["rhs_dilation"]):
+          raise NotImplementedError(f"conv with {p}: not profiled")
         lhs, rhs = (v.aval.shape for v in eqn.invars)
         layers.append(dict(lhs=tuple(lhs), rhs=tuple(rhs), strides=tuple(p["window_strides"]),
                            padding=tuple(tuple(x) for x in p["padding"]),
                            lhs_dilation=tuple(p["lhs_dilation"]),
+                           groups=p["feature_group_count"],
                            out=tuple(eqn.outvars[0].aval.shape),
                            dimension_numbers=p["dimension_numbers"]))
       for sub in jax_extend.core.jaxprs_in_params(eqn.params):
@@ -55,14 +78,21 @@ def conv_layers(config, batch: int) -> list[dict]:
   return layers
 
 
+def _nhwc(layer):
+  """(lhs [B,H,W,C], rhs [kh,kw,in/groups,out]) shapes whatever the conv's dimension numbers."""
+  dn = layer["dimension_numbers"]
+  lhs = tuple(layer["lhs"][i] for i in (dn.lhs_spec[0], *dn.lhs_spec[2:], dn.lhs_spec[1]))
+  rhs = tuple(layer["rhs"][i] for i in (*dn.rhs_spec[2:], dn.rhs_spec[1], dn.rhs_spec[0]))
+  return lhs, rhs
+
+
 def _flops(layer) -> float:
   """Useful multiply-adds x 2 (a transposed conv counted on its input, not the zeros)."""
-  kh, kw, cin, cout = layer["rhs"]
+  (b, h, w, _), (kh, kw, cin_per_group, cout) = _nhwc(layer)
   if any(d > 1 for d in layer["lhs_dilation"]):
-    b, h, w, _ = layer["lhs"]
-    return 2.0 * b * h * w * kh * kw * cin * cout
-  b, ho, wo, _ = layer["out"]
-  return 2.0 * b * ho * wo * kh * kw * cin * cout
+    return 2.0 * b * h * w * kh * kw * cin_per_group * cout
+  out_hw = [layer["out"][i] for i in layer["dimension_numbers"].out_spec[2:]]
+  return 2.0 * b * out_hw[0] * out_hw[1] * kh * kw * cin_per_group * cout
 
 
 def _median_ms(fn, repeats: int) -> float:
@@ -80,20 +110,18 @@ def _ort_session(layer, threads: int):
   import numpy as np
   import onnxruntime as ort
   from onnx import TensorProto, helper, numpy_helper
-  kh, kw, cin, cout = layer["rhs"]
-  b, h, w, _ = layer["lhs"]
-  transposed = any(d > 1 for d in layer["lhs_dilation"])
-  if transposed:  # lax: pad k-1-p on the dilated input == ConvTranspose pads p
-    pads = [kh - 1 - layer["padding"][0][0], kw - 1 - layer["padding"][1][0]] * 2
-    node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], strides=list(layer["lhs_dilation"]),
-                            pads=pads)
-    weight = np.zeros((cin, cout, kh, kw), np.float32)
+  (b, h, w, cin), (kh, kw, cin_per_group, cout) = _nhwc(layer)
+  (lo_h, hi_h), (lo_w, hi_w) = layer["padding"]
+  if any(d > 1 for d in layer["lhs_dilation"]):  # lax pads k-1-p around the dilated input
+    node = helper.make_node("ConvTranspose", ["x", "w"], ["y"],
+                            strides=list(layer["lhs_dilation"]),
+                            pads=[kh - 1 - lo_h, kw - 1 - lo_w, kh - 1 - hi_h, kw - 1 - hi_w])
+    weight_shape = (cin, cout, kh, kw)
   else:
-    pads = [layer["padding"][0][0], layer["padding"][1][0],
-            layer["padding"][0][1], layer["padding"][1][1]]
-    node = helper.make_node("Conv", ["x", "w"], ["y"], strides=list(layer["strides"]), pads=pads)
-    weight = np.zeros((cout, cin, kh, kw), np.float32)
-  weight[:] = np.random.default_rng(0).standard_normal(weight.shape)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], strides=list(layer["strides"]),
+                            pads=[lo_h, lo_w, hi_h, hi_w], group=layer["groups"])
+    weight_shape = (cout, cin_per_group, kh, kw)
+  weight = np.random.default_rng(0).standard_normal(weight_shape).astype(np.float32)
   graph = helper.make_graph(
       [node], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [b, cin, h, w])],
       [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
@@ -107,32 +135,36 @@ def _ort_session(layer, threads: int):
                               providers=["CPUExecutionProvider"])
 
 
-def profile(config, batch: int, repeats: int, threads: int = 1) -> list[dict]:
-  """Times every conv of the network alone in XLA and in ONNX Runtime; one row per conv."""
+def profile(method, variables, image_size: int, batch: int, repeats: int,
+            threads: int = 1) -> list[dict]:
+  """Times every conv of method.predict alone in XLA and in ONNX Runtime; a row per conv."""
   import jax
   import numpy as np
   from jax import lax
   rows = []
   rng = np.random.default_rng(0)
-  for i, layer in enumerate(conv_layers(config, batch)):
+  for i, layer in enumerate(conv_layers(method, variables, image_size, batch)):
     x = jax.device_put(rng.standard_normal(layer["lhs"], dtype=np.float32))
     k = jax.device_put(rng.standard_normal(layer["rhs"], dtype=np.float32))
     conv = jax.jit(lambda a, b, layer=layer: lax.conv_general_dilated(
         a, b, layer["strides"], layer["padding"], lhs_dilation=layer["lhs_dilation"],
-        dimension_numbers=layer["dimension_numbers"]))
+        feature_group_count=layer["groups"], dimension_numbers=layer["dimension_numbers"]))
     xla_ms = _median_ms(lambda: conv(x, k).block_until_ready(), repeats)
     session = _ort_session(layer, threads)
-    x_nchw = np.ascontiguousarray(np.transpose(np.asarray(x), (0, 3, 1, 2)))
+    (b, h, w, cin), (kh, kw, cin_per_group, cout) = _nhwc(layer)
+    x_nchw = rng.standard_normal((b, cin, h, w)).astype(np.float32)
     out = session.run(None, {"x": x_nchw})[0]
-    if out.shape != (layer["out"][0], layer["out"][3], *layer["out"][1:3]):
-      raise AssertionError(f"conv {i}: ONNX output {out.shape} vs XLA {layer['out']}")
+    out_spec = layer["dimension_numbers"].out_spec
+    expected = tuple(layer["out"][d] for d in out_spec)  # N, C, H, W
+    if out.shape != expected:
+      raise AssertionError(f"conv {i}: ONNX output {out.shape} vs XLA {expected} (NCHW)")
     ort_ms = _median_ms(lambda: session.run(None, {"x": x_nchw}), repeats)
-    kh, kw, cin, cout = layer["rhs"]
     kind = "transposed" if any(d > 1 for d in layer["lhs_dilation"]) else (
         f"stride {layer['strides'][0]}" if layer["strides"][0] > 1 else "stride 1")
+    if layer["groups"] > 1:
+      kind += f", {layer['groups']} groups"
     rows.append(dict(index=i, kernel=f"{kh}x{kw}", channels=f"{cin}->{cout}", kind=kind,
-                     input_hw=list(layer["lhs"][1:3]), mflop=_flops(layer) / 1e6,
-                     xla_ms=xla_ms, ort_ms=ort_ms))
+                     input_hw=[h, w], mflop=_flops(layer) / 1e6, xla_ms=xla_ms, ort_ms=ort_ms))
   return rows
 
 
@@ -154,21 +186,22 @@ def markdown(rows: list[dict], batch: int) -> str:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--preset", default="default", help="configs/mvtec_vq.py preset")
+  parser.add_argument("--method", default="vqvae_ssim", choices=METHODS)
+  parser.add_argument("--preset", default="default", help="the method's config preset")
   parser.add_argument("--batch-sizes", default="1,32")
   parser.add_argument("--repeats", type=int, default=20)
   parser.add_argument("--json", help="also write the rows here")
   args = parser.parse_args(argv)
-  from configs import mvtec_vq
-  config = mvtec_vq.get_config(args.preset)
+  method, variables, image_size = method_and_variables(args.method, args.preset)
   out = {}
   for batch in (int(b) for b in args.batch_sizes.split(",")):
-    rows = profile(config, batch, args.repeats)
+    rows = profile(method, variables, image_size, batch, args.repeats)
     out[batch] = rows
     print(markdown(rows, batch) + "\n", flush=True)
   if args.json:
     with open(args.json, "w", encoding="utf-8") as f:
-      json.dump({"preset": args.preset, "threads": 1, "rows": out}, f, indent=1)
+      json.dump({"method": args.method, "preset": args.preset, "threads": 1, "rows": out}, f,
+                indent=1)
   return 0
 
 

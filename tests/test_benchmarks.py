@@ -165,6 +165,28 @@ def test_deploy_rows_agree_and_compare_with_the_best_other_row(tmp_path):
   assert "## CPU deployment" in markdown and "× best other row" in markdown
 
 
+def test_favae_and_igd_deploy_rows_agree_with_vqjax_jit(tmp_path):
+  """FAVAE's and IGD's deployment rows (their torch references exported to ONNX: FAVAE's
+  Gaussian log-densities, IGD's patches and MS-SSIM) give vqjax jit's maps within float32
+  rounding, each part under its own heading."""
+  import importlib.util
+  data, markdown, _ = _smoke(tmp_path, ("deploy_favae", "deploy_igd"))
+  rows = {(r["part"], r["variant"], r["batch"]): r for r in data["results"]}
+  has_openvino = importlib.util.find_spec("openvino") is not None
+  checks = {"deploy_favae": "max_rel_diff_favae", "deploy_igd": "max_abs_diff_igd"}
+  for part, key in checks.items():
+    variants = ["vqjax_exported", "torch_eager_fp32", "onnxruntime_fp32"] + (
+        ["openvino_fp32"] if has_openvino else [])
+    for variant in variants:
+      row = rows[(part, variant, 1)]
+      assert row["status"] == "ok", row.get("reason")
+      assert row["agreement"][key] < 1e-4  # measured <= 1.3e-6
+    assert data["settings"][f"{part}_onnx"]["onnx_bytes"] > 0
+    assert rows[(part, "vqjax_fp32", 2)]["ratios"]["best_other"] is not None
+  assert "FAVAE's merged map" in markdown and "IGD's Eq. 12 map" in markdown
+  assert "max rel. \\|Δ FAVAE map\\| vs vqjax jit" in markdown
+
+
 def test_markdown_tables_and_printed_last(smoke_run):
   data, markdown, stdout = smoke_run
   for heading in ("Batch-1 latency", "Training step", "SSIM map alone", "Inference"):
@@ -338,7 +360,8 @@ def test_conv_profile_times_every_convolution_of_the_network_in_xla_and_onnx_run
   from benchmarks import conv_profile
   from configs import mvtec_vq
   config = mvtec_vq.get_config("smoke")
-  rows = conv_profile.profile(config, batch=2, repeats=1)
+  method, variables, _ = conv_profile.method_and_variables("vqvae_ssim", "smoke")
+  rows = conv_profile.profile(method, variables, config.data.image_size, batch=2, repeats=1)
   kinds = [r["kind"] for r in rows]
   assert len(rows) == 4 + 4 * config.model.num_residual_layers + 2
   assert kinds[:2] == ["stride 2", "stride 2"] and kinds[-2:] == ["transposed", "transposed"]
