@@ -277,3 +277,53 @@ def test_latent_resampling_exports_with_its_prior_loop(tmp_path):
     np.testing.assert_allclose(got["maps"][v], np.asarray(want["maps"][v]), rtol=MAP_RTOL,
                                atol=MAP_ATOL)
     assert got["is_anomalous"][v] is None  # no threshold stored: no decision
+
+
+def test_evaluate_mode_reproduces_the_run_and_scores_other_map_settings(trained_run, tmp_path):
+  """--mode=evaluate scores the run's own test split with its own model: without --set it
+  reproduces the run's metrics.json; --set changes only the maps it names (am_dilation leaves
+  SM alone and moves SSIM+AM); the run's files stay as they were."""
+  import json
+  from vqjax import experiment
+  _, workdir = trained_run
+  run_metrics = (workdir / "metrics.json").read_bytes()
+  same = experiment.reevaluate(workdir, {}, tmp_path / "same")
+  saved = json.loads(run_metrics)
+  for variant in ("ssim", "ssim_am"):
+    for metric in ("pixel_auroc", "image_auroc", "au_pro", "pro", "image_accuracy"):
+      assert same[variant][metric] == pytest.approx(saved[variant][metric], abs=1e-6), metric
+  assert same["baselines"]["mean_image"]["pixel_auroc"] == pytest.approx(
+      saved["baselines"]["mean_image"]["pixel_auroc"], abs=1e-6)
+  out = _main("--mode=evaluate", f"--workdir={workdir}", f"--out={tmp_path / 'dil1'}",
+              "--set", "anomaly.am_dilation=1", "--set", "anomaly.am_upsample=nearest")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "ssim_am" in out.stdout and "pixel_AUROC" in out.stdout
+  other = json.loads((tmp_path / "dil1" / "metrics.json").read_text())
+  assert other["config"]["anomaly"]["am_dilation"] == 1
+  assert other["run"]["settings"] == {"anomaly.am_dilation": "1", "anomaly.am_upsample": "nearest"}
+  assert other["ssim"]["pixel_auroc"] == pytest.approx(saved["ssim"]["pixel_auroc"], abs=1e-6)
+  assert other["ssim_am"]["pixel_auroc"] != pytest.approx(saved["ssim_am"]["pixel_auroc"], abs=1e-6)
+  assert (workdir / "metrics.json").read_bytes() == run_metrics
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("model.channels=8", "not a setting --mode=evaluate can change"),
+    ("anomaly.no_such_key=1", "not a setting --mode=evaluate can change"),
+    ("anomaly.am_dilation=three", "expected a int"),
+    ("anomaly.am_dilation=4", "anomaly.am_dilation"),  # odd only: the method's own check
+])
+def test_evaluate_mode_refuses_settings_it_cannot_change(trained_run, tmp_path, setting, message):
+  from vqjax import experiment
+  from vqjax.config_checks import ConfigError
+  _, workdir = trained_run
+  key, _, value = setting.partition("=")
+  with pytest.raises((experiment.UserInputError, ConfigError), match=message):
+    experiment.reevaluate(workdir, {key: value}, tmp_path / "out")
+  assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_mode_never_writes_into_the_run(trained_run):
+  from vqjax import experiment
+  _, workdir = trained_run
+  with pytest.raises(experiment.UserInputError, match="the run's workdir"):
+    experiment.reevaluate(workdir, {}, workdir)

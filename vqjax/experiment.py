@@ -160,6 +160,94 @@ def run(config, *, show_progress: bool = True) -> dict:
     return _run_locked(config, workdir, show_progress)
 
 
+def predict_splits(config, method, variables, dataset, mesh):
+  """(test, val) outputs of method.predict over the test and validation images (val None
+  when there are none), batch config.eval.batch_size sharded over `mesh`."""
+  predict_fn = inference.make_predict_fn(method.predict, mesh)
+  predict = lambda images: inference.predict_split(predict_fn, variables, images,
+                                                   config.eval.batch_size, mesh)
+  test = predict(dataset.test.images)
+  return test, predict(dataset.val.images) if len(dataset.val) > 0 else None
+
+
+def score_splits(config, dataset, test, val):
+  """(results, baselines, baseline test maps): the metrics of the method's maps and of the
+  mean-image baseline's, thresholds from the validation maps."""
+  has_val = val is not None
+  results = evaluate.score_maps(test["maps"], dataset.test, config.eval,
+                                val["maps"] if has_val else None, scores=test.get("scores"))
+  train_mean = inference.mean_image(dataset.train.images, config.eval.batch_size)
+  baseline = lambda split: {"mean_image": evaluate.mean_image_baseline(train_mean, split.images)}
+  baseline_test = baseline(dataset.test)
+  baselines = evaluate.score_maps(baseline_test, dataset.test, config.eval,
+                                  baseline(dataset.val) if has_val else None)
+  return results, baselines, baseline_test
+
+
+# --mode=evaluate may change these blocks only: what the maps and the metrics are computed
+# with, never what was trained.
+REEVALUATE_BLOCKS = ("anomaly", "eval")
+
+
+def _override_value(config, key: str, text: str):
+  """`text` read as the type of config's current value at `key` (UserInputError otherwise)."""
+  import ast
+  block, _, name = key.partition(".")
+  if block not in REEVALUATE_BLOCKS or not name or name not in config[block]:
+    known = ", ".join(f"{b}.{k}" for b in REEVALUATE_BLOCKS for k in sorted(config[b]))
+    raise UserInputError(f"--set {key}: not a setting --mode=evaluate can change; expected one "
+                         f"of {known}")
+  current = config[block][name]
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    value = text  # a bare word: a string
+  if isinstance(current, (list, tuple)) and isinstance(value, (list, tuple)):
+    value = type(current)(value)
+  expected = type(current)
+  ok = (current is None or isinstance(value, expected) and not (
+      isinstance(value, bool) and expected is not bool)
+        or expected is float and isinstance(value, int) and not isinstance(value, bool))
+  if not ok:
+    raise UserInputError(f"--set {key}={text}: expected a {expected.__name__} like the run's "
+                         f"{current!r}")
+  return float(value) if expected is float else value
+
+
+def reevaluate(workdir, settings: dict[str, str], out_dir) -> dict:
+  """Scores a finished run's trained model again with other map or evaluation settings
+  (`settings`: 'anomaly.<key>' / 'eval.<key>' -> value text), without training: the same
+  prediction and scoring as the run's own evaluation. Writes metrics.json to out_dir (never
+  into the run's workdir) and returns it."""
+  from vqjax import config_checks  # local: it imports the methods, which import this module
+  workdir, out_dir = pathlib.Path(workdir), pathlib.Path(out_dir)
+  if out_dir.resolve() == workdir.resolve():
+    raise UserInputError(f"--out {out_dir} is the run's workdir: choose another folder (the "
+                         "run's metrics.json stays as it was evaluated)")
+  model = model_file.load_model(workdir)
+  config = model_file.model_config(model.info)
+  for key, text in settings.items():
+    block, _, name = key.partition(".")
+    config[block][name] = _override_value(config, key, text)
+  config_checks.validate_config(config)
+  dataset, source = load_data(config)
+  method = get_method(config, dataset.num_channels)
+  mesh = sharding.make_data_mesh()
+  t_eval = time.perf_counter()
+  test, val = predict_splits(config, method, model.variables, dataset, mesh)
+  results, baselines, _ = score_splits(config, dataset, test, val)
+  run_info = {"method": config.method, "dataset": config.data.dataset,
+              "category": dataset.category, "data": source,
+              "image_size": int(dataset.test.images.shape[1]),
+              "reevaluated_workdir": str(workdir), "settings": dict(settings),
+              "steps": model.info.get("steps"), "eval_seconds": time.perf_counter() - t_eval,
+              "image_score": config.eval.image_score}
+  metrics_json = {**results, "baselines": baselines, "run": run_info, "config": config.to_dict()}
+  out_dir.mkdir(parents=True, exist_ok=True)
+  report.write_json(out_dir / "metrics.json", metrics_json)
+  return metrics_json
+
+
 def _run_locked(config, workdir: pathlib.Path, show_progress: bool) -> dict:
   config_dict = config.to_dict()
   check_workdir(workdir, config_dict)
@@ -177,24 +265,13 @@ def _run_locked(config, workdir: pathlib.Path, show_progress: bool) -> dict:
                                         show_progress=show_progress)
 
   mesh = sharding.make_data_mesh()
-  predict_fn = inference.make_predict_fn(method.predict, mesh)
-  predict = lambda images: inference.predict_split(predict_fn, variables, images,
-                                                   config.eval.batch_size, mesh)
   t_eval = time.perf_counter()
-  has_val = len(dataset.val) > 0
-  test = predict(dataset.test.images)
-  val = predict(dataset.val.images) if has_val else None
+  test, val = predict_splits(config, method, variables, dataset, mesh)
+  has_val = val is not None
   method_info = method.run_info(variables, dataset, train_summary,
                                 batch_size=config.eval.batch_size, mesh=mesh)
   eval_seconds = time.perf_counter() - t_eval
-
-  results = evaluate.score_maps(test["maps"], dataset.test, config.eval,
-                                val["maps"] if has_val else None, scores=test.get("scores"))
-  train_mean = inference.mean_image(dataset.train.images, config.eval.batch_size)
-  baseline = lambda split: {"mean_image": evaluate.mean_image_baseline(train_mean, split.images)}
-  baseline_test = baseline(dataset.test)
-  baselines = evaluate.score_maps(baseline_test, dataset.test, config.eval,
-                                  baseline(dataset.val) if has_val else None)
+  results, baselines, baseline_test = score_splits(config, dataset, test, val)
   train_images = dataset.train.images
   if isinstance(train_images, ImageFiles):
     logger.info("training images: this process decoded %d of %d files (%d decodes, training "

@@ -3,6 +3,8 @@
   train + evaluate: python -m vqjax.main --config configs/mvtec_vq.py [--config.key=value ...]
   predict:          python -m vqjax.main --mode=predict --workdir runs/... --images DIR --out DIR
   export:           python -m vqjax.main --mode=export --workdir runs/... --out DIR
+  evaluate again:   python -m vqjax.main --mode=evaluate --workdir runs/... --out DIR \
+                        [--set anomaly.key=value ...]
 
 Intentionally short: everything it does lives in importable, tested functions.
 """
@@ -32,9 +34,11 @@ _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
     "--distributed: seconds after which a silent (dead, preempted) process stops all others "
     "with an error naming it.")
 _MODE = flags.DEFINE_enum(
-    "mode", "train", ["train", "predict", "export"],
+    "mode", "train", ["train", "predict", "export", "evaluate"],
     "train: train (or resume) and evaluate per --config. predict: score new images with the "
-    "trained model of --workdir. export: write a self-contained jax.export artifact of it.")
+    "trained model of --workdir. export: write a self-contained jax.export artifact of it. "
+    "evaluate: score the run's test split again with other anomaly.* / eval.* settings "
+    "(--set), no training; metrics.json to --out.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "predict/export: workdir of a finished run.")
 _IMAGES = flags.DEFINE_multi_string(
     "images", None, "predict: a folder (searched recursively), an image file or a glob; "
@@ -45,6 +49,9 @@ _THRESHOLD = flags.DEFINE_multi_string(
 _VARIANTS = flags.DEFINE_list("variants", None, "predict: maps to write (default: all).")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None,
                                    "predict: images per batch (default: the run's eval.batch_size).")
+_SET = flags.DEFINE_multi_string(
+    "set", None, "evaluate: key=value for an anomaly.* or eval.* setting of the run's config, "
+    "e.g. anomaly.ssim_window_size=5; repeatable.")
 _PLATFORMS = flags.DEFINE_list("platforms", ["cpu"],
                                "export: platforms the artifact runs on, e.g. cpu,cuda.")
 _CONFIG = config_flags.DEFINE_config_file(
@@ -141,10 +148,29 @@ _PEER_LOST = ("UNAVAILABLE", "ABORTED", "DEADLINE_EXCEEDED", "Connection reset",
               "refused", "Gloo", "heartbeat")
 
 
+def _parse_settings(items) -> dict[str, str]:
+  settings = {}
+  for item in items or ():
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+      raise app.UsageError(f"--set {item!r}: expected key=value, e.g. anomaly.am_dilation=3")
+    settings[key.strip()] = value.strip()
+  return settings
+
+
 def _use_trained_model() -> None:
-  """--mode=predict / --mode=export."""
+  """--mode=predict / --mode=export / --mode=evaluate."""
   from vqjax import predict  # local: training runs do not need it
   mode = _MODE.value
+  if _SET.present and mode != "evaluate":
+    raise app.UsageError("--set is only for --mode=evaluate")
+  if mode == "evaluate":
+    if not _WORKDIR.value or not _OUT.value:
+      raise app.UsageError("--mode=evaluate needs --workdir and --out")
+    metrics_json = experiment.reevaluate(_WORKDIR.value, _parse_settings(_SET.value), _OUT.value)
+    print(format_results(metrics_json, experiment.variant_names(metrics_json)))
+    print(f"metrics.json in {_OUT.value}")
+    return
   if not _WORKDIR.value or not _OUT.value or (mode == "predict" and not _IMAGES.value):
     needed = "--workdir, --images and --out" if mode == "predict" else "--workdir and --out"
     raise app.UsageError(f"--mode={mode} needs {needed}")
@@ -206,11 +232,11 @@ def _main():
       raise app.UsageError(f"--mode={_MODE.value} runs in one process (all its local devices); "
                            "drop --distributed")
     return _use_trained_model()
-  ignored = [f"--{f.name}" for f in (_WORKDIR, _IMAGES, _OUT, _THRESHOLD, _VARIANTS, _BATCH_SIZE)
-             if f.present]
+  ignored = [f"--{f.name}" for f in (_WORKDIR, _IMAGES, _OUT, _THRESHOLD, _VARIANTS, _BATCH_SIZE,
+                                     _SET) if f.present]
   if ignored:
-    raise app.UsageError(f"{', '.join(ignored)}: only for --mode=predict/export; training takes "
-                         "its workdir from --config.workdir")
+    raise app.UsageError(f"{', '.join(ignored)}: only for --mode=predict/export/evaluate; "
+                         "training takes its workdir from --config.workdir")
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config is required, e.g. --config configs/mvtec_vq.py")

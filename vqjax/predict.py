@@ -92,6 +92,11 @@ def _as_tuples(value):
   return value
 
 
+def model_config(info: dict) -> ml_collections.ConfigDict:
+  """The run's config as saved in its model.json (tuples restored)."""
+  return ml_collections.ConfigDict(_as_tuples(info["config"]))
+
+
 def load_model(workdir) -> TrainedModel:
   """The trained model of a workdir; UserInputError naming the file when it is missing or
   does not match."""
@@ -116,8 +121,7 @@ def load_model(workdir) -> TrainedModel:
   if hashlib.sha256(data).hexdigest() != info["variables_sha256"]:
     raise UserInputError(f"{variables_path} does not match the checksum in {info_path} (an "
                          "interrupted write?); rerun the training command to rewrite both")
-  config = ml_collections.ConfigDict(_as_tuples(info["config"]))
-  method = get_method(config, info["num_channels"])
+  method = get_method(model_config(info), info["num_channels"])
   variables = flax.serialization.msgpack_restore(data)
   return TrainedModel(method=method, variables=variables, info=info, workdir=workdir)
 
