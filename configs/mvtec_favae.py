@@ -39,6 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.log_every = 100
     config.train.checkpoint_every = 2000
     config.eval.min_defect_area = 64  # 16 px at 64x64 scaled to 128x128
+    config.eval.image_score = "mean"  # §4 sums the map: the same ranking for equal-size images
   elif preset == "smoke":
     apply_favae_smoke_preset(config)
   else:

@@ -233,7 +233,10 @@ def favae_config() -> ml_collections.ConfigDict:
   config.train.num_steps = 600
   config.train.learning_rate = 3e-4
 
-  config.eval.image_score = "mean"  # the paper sums the map; for equal-size images the same ranking
+  # The paper sums the map (the :paper preset's mean: the same ranking for equal sizes); the CPU
+  # default takes the max: mean image AUROC over the nine demo categories 0.690 vs 0.678 (rule
+  # fixed before the run: switch at +0.01 or more; NOTES.md, 2026-12-02).
+  config.eval.image_score = "max"
   config.eval.batch_size = 16
   return config
 
