@@ -131,11 +131,17 @@ def _aot(jitted, args, holder: dict):
   return compile_now
 
 
+# The variable collections each method's predict takes.
+VQVAE_COLLECTIONS = ("params", "batch_stats")
+FAVAE_COLLECTIONS = ("params", "batch_stats", "frozen")
+IGD_COLLECTIONS = ("params", "model_state", "gsvdd")
+
+
 def inference(method, variables, host_batches, device,
-              collections=("params", "batch_stats")) -> Workload:
+              collections=VQVAE_COLLECTIONS) -> Workload:
   """method.predict as one jitted program (VQ-VAE SSIM: model -> reconstruction -> SSIM and
-  SSIM+AM maps; FAVAE, with collections + ('frozen',): VAE + VGG16 -> log-density maps; IGD,
-  collections ('params', 'model_state', 'gsvdd'): autoencoders -> MS-SSIM / GSVDD maps)."""
+  SSIM+AM maps; FAVAE, with FAVAE_COLLECTIONS: VAE + VGG16 -> log-density maps; IGD, with
+  IGD_COLLECTIONS: autoencoders -> MS-SSIM / GSVDD maps)."""
   params = jax.device_put({k: variables[k] for k in collections}, device)
   batches = [jax.device_put(b, device) for b in host_batches]
   holder = {}

@@ -138,26 +138,24 @@ class Bench:
   def deploy(self, part: str) -> deploy_cases.DeployModels:
     if part not in self._deploy:
       if part == "deploy":
-        pipeline, size = deploy_cases.vqvae_pipeline(self.torch_model, self.config.anomaly), \
-            self.image_size
+        pipeline = deploy_cases.vqvae_pipeline(self.torch_model, self.config.anomaly)
       elif part == "deploy_favae":
-        f = self.favae()
-        pipeline, size = deploy_cases.favae_pipeline(*f["models"]), f["image_size"]
+        pipeline = deploy_cases.favae_pipeline(*self.favae()["models"])
       else:
-        g = self.igd()
-        pipeline, size = deploy_cases.igd_pipeline(g["model"], g["config"]), g["image_size"]
-      self._deploy[part] = deploy_cases.DeployModels(pipeline, size, NUM_CHANNELS)
+        pipeline = deploy_cases.igd_pipeline(self.igd()["model"], self.igd()["config"])
+      self._deploy[part] = deploy_cases.DeployModels(pipeline, self.part_image_size(part),
+                                                     NUM_CHANNELS)
     return self._deploy[part]
 
   def _deploy_method(self, part: str):
-    """(vqjax method, its registry name, variables, the variable collections predict takes)."""
+    """(vqjax fp32 method, its config, variables, the variable collections predict takes)."""
     if part == "deploy":
-      return self.methods["fp32"], "vqvae_ssim", self.variables, ("params", "batch_stats")
+      return self.methods["fp32"], self.config, self.variables, jax_cases.VQVAE_COLLECTIONS
     if part == "deploy_favae":
       f = self.favae()
-      return f["methods"]["fp32"], "favae", f["variables"], ("params", "batch_stats", "frozen")
+      return f["methods"]["fp32"], f["config"], f["variables"], jax_cases.FAVAE_COLLECTIONS
     g = self.igd()
-    return g["methods"]["fp32"], "igd", g["variables"], ("params", "model_state", "gsvdd")
+    return g["methods"]["fp32"], g["config"], g["variables"], jax_cases.IGD_COLLECTIONS
 
   def build_deploy(self, part: str, variant: str, inputs) -> harness.Workload:
     if self.s["device"] != "cpu":
@@ -165,11 +163,11 @@ class Bench:
     d, threads = self.deploy(part), self.s["cpu_threads"]
     threads = threads if isinstance(threads, int) else 0
     names = deploy_cases.map_names(part)
-    method, method_name, variables, keys = self._deploy_method(part)
+    method, config, variables, keys = self._deploy_method(part)
     if variant == "vqjax_fp32":
       return deploy_cases.jit_workload(method, variables, inputs, self.jax_device, names, keys)
     if variant == "vqjax_exported":
-      return deploy_cases.exported_workload(method, method_name, variables, d.image_size,
+      return deploy_cases.exported_workload(method, config.method, variables, d.image_size,
                                             NUM_CHANNELS, inputs, d.folder)
     if variant.startswith("torch_"):
       return deploy_cases.torch_workload(variant.split("_", 1)[1], d.pipeline, inputs,
@@ -195,14 +193,14 @@ class Bench:
       f = self.favae()
       if framework == "vqjax":
         return jax_cases.inference(f["methods"][precision], f["variables"], inputs,
-                                   self.jax_device, ("params", "batch_stats", "frozen"))
+                                   self.jax_device, jax_cases.FAVAE_COLLECTIONS)
       return torch_cases.favae_inference(kind, f["models"], inputs, self.torch_device,
                                          compile_mode=self.s["compile_mode"])
     if part == "igd":
       g = self.igd()
       if framework == "vqjax":
         return jax_cases.inference(g["methods"][precision], g["variables"], inputs,
-                                   self.jax_device, ("params", "model_state", "gsvdd"))
+                                   self.jax_device, jax_cases.IGD_COLLECTIONS)
       return torch_cases.igd_inference(kind, g["model"], g["config"], inputs, self.torch_device,
                                        compile_mode=self.s["compile_mode"])
     if part == "igd_train":  # vqjax only (VARIANTS)

@@ -1,6 +1,7 @@
 """One experiment end to end: data -> train -> maps -> metrics -> report, all from a config."""
 from __future__ import annotations
 
+import ast
 import concurrent.futures
 import contextlib
 import contextvars
@@ -184,14 +185,20 @@ def score_splits(config, dataset, test, val):
   return results, baselines, baseline_test
 
 
+def _data_facts(config, dataset, source: str) -> dict:
+  """What a metrics.json's run block starts with: method, data and the evaluated image size."""
+  return {"method": config.method, "dataset": config.data.dataset, "category": dataset.category,
+          "data": source, "image_size": int(dataset.test.images.shape[1])}  # as evaluated
+
+
 # --mode=evaluate may change these blocks only: what the maps and the metrics are computed
 # with, never what was trained.
 REEVALUATE_BLOCKS = ("anomaly", "eval")
 
 
-def _override_value(config, key: str, text: str):
-  """`text` read as the type of config's current value at `key` (UserInputError otherwise)."""
-  import ast
+def _apply_setting(config, key: str, text: str) -> None:
+  """Sets config's `key` to `text` read as the type of its current value (UserInputError for
+  a key outside REEVALUATE_BLOCKS or a value of another type)."""
   block, _, name = key.partition(".")
   if block not in REEVALUATE_BLOCKS or not name or name not in config[block]:
     known = ", ".join(f"{b}.{k}" for b in REEVALUATE_BLOCKS for k in sorted(config[b]))
@@ -205,13 +212,18 @@ def _override_value(config, key: str, text: str):
   if isinstance(current, (list, tuple)) and isinstance(value, (list, tuple)):
     value = type(current)(value)
   expected = type(current)
-  ok = (current is None or isinstance(value, expected) and not (
-      isinstance(value, bool) and expected is not bool)
-        or expected is float and isinstance(value, int) and not isinstance(value, bool))
+  if current is None:
+    ok = True
+  elif expected is bool:
+    ok = isinstance(value, bool)
+  elif expected is float:  # an int is a float setting's value too (3 -> 3.0)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+  else:
+    ok = isinstance(value, expected) and not isinstance(value, bool)
   if not ok:
     raise UserInputError(f"--set {key}={text}: expected a {expected.__name__} like the run's "
                          f"{current!r}")
-  return float(value) if expected is float else value
+  config[block][name] = float(value) if expected is float else value
 
 
 def reevaluate(workdir, settings: dict[str, str], out_dir) -> dict:
@@ -227,8 +239,7 @@ def reevaluate(workdir, settings: dict[str, str], out_dir) -> dict:
   model = model_file.load_model(workdir)
   config = model_file.model_config(model.info)
   for key, text in settings.items():
-    block, _, name = key.partition(".")
-    config[block][name] = _override_value(config, key, text)
+    _apply_setting(config, key, text)
   config_checks.validate_config(config)
   dataset, source = load_data(config)
   method = get_method(config, dataset.num_channels)
@@ -236,10 +247,7 @@ def reevaluate(workdir, settings: dict[str, str], out_dir) -> dict:
   t_eval = time.perf_counter()
   test, val = predict_splits(config, method, model.variables, dataset, mesh)
   results, baselines, _ = score_splits(config, dataset, test, val)
-  run_info = {"method": config.method, "dataset": config.data.dataset,
-              "category": dataset.category, "data": source,
-              "image_size": int(dataset.test.images.shape[1]),
-              "reevaluated_workdir": str(workdir), "settings": dict(settings),
+  run_info = {**_data_facts(config, dataset, source), "reevaluated_workdir": str(workdir), "settings": dict(settings),
               "steps": model.info.get("steps"), "eval_seconds": time.perf_counter() - t_eval,
               "image_score": config.eval.image_score}
   metrics_json = {**results, "baselines": baselines, "run": run_info, "config": config.to_dict()}
@@ -281,8 +289,7 @@ def _run_locked(config, workdir: pathlib.Path, show_progress: bool) -> dict:
                 train_images.cached * np.prod(train_images.shape[1:]) / 2**20)
 
   run_info = {
-      "method": config.method, "dataset": config.data.dataset, "category": dataset.category,
-      "data": source, "image_size": int(dataset.test.images.shape[1]),  # as evaluated
+      **_data_facts(config, dataset, source),
       "num_images": {"train": len(dataset.train), "val": len(dataset.val),
                      "test": len(dataset.test),
                      "test_anomalous": int(dataset.test.labels.sum()),
