@@ -7,6 +7,7 @@ import skimage.data
 import skimage.metrics
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from vqjax.ops import continuous_bernoulli as cb
 from vqjax.ops.anomaly_maps import ssim_anomaly_map
@@ -201,3 +202,70 @@ def test_continuous_bernoulli_gradients_finite_at_half():
   grads = jax.grad(lambda e: jnp.sum(cb.log_prob(0.3, e) + cb.mean(e)))(
       jnp.array([0.0, 1e-4, 0.0999, 0.1001, 5.0], jnp.float32))
   assert np.all(np.isfinite(np.asarray(grads)))
+
+
+# (batch, input size, kernel, stride, padding, channels in, out): small outputs take the
+# CPU's im2col path (shifted slices + one dot), large ones stay convolutions.
+_SMALL_CONVS = [
+    (1, 4, 3, 1, ((1, 1), (1, 1)), 16, 24),  # VGG16's conv4 case: 16 positions
+    (2, 9, 3, 2, ((1, 1), (1, 1)), 8, 8),  # strided, odd size: 2 x 5 x 5 = 50
+    (1, 13, 7, 2, ((3, 3), (3, 3)), 3, 8),  # ResNet18's stem at a small input
+    (3, 6, 1, 2, ((0, 0), (0, 0)), 8, 16),  # a 1x1 stride-2 shortcut
+    (1, 7, 4, 2, ((1, 1), (1, 1)), 4, 4),  # even kernel, odd size
+    (1, 8, 3, 1, "SAME", 4, 4),
+    (2, 16, 3, 1, ((1, 1), (1, 1)), 4, 4),  # 512 positions: a convolution
+]
+
+
+@pytest.mark.parametrize("batch,size,kernel,stride,padding,cin,cout", _SMALL_CONVS)
+def test_small_map_conv_equals_lax_conv_and_is_a_dot_on_cpu_when_small(
+    batch, size, kernel, stride, padding, cin, cout):
+  from vqjax.ops.small_conv import CPU_IM2COL_MAX_ROWS, small_map_conv
+  rng = np.random.default_rng(size)
+  x = rng.standard_normal((batch, size, size, cin), dtype=np.float32)
+  w = rng.standard_normal((kernel, kernel, cin, cout), dtype=np.float32)
+  args = ((stride, stride), padding)
+  kw = dict(dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  ours = jax.jit(lambda a, b: small_map_conv(a, b, *args, **kw))
+  want = lax.conv_general_dilated(x, w, *args, precision="highest", **kw)
+  got = ours(x, w)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+  hlo = ours.lower(x, w).compile().as_text()
+  small = batch * want.shape[1] * want.shape[2] <= CPU_IM2COL_MAX_ROWS
+  assert ("convolution(" in hlo) != small and ("dot(" in hlo) == small
+  # Gradients (a frozen backbone seldom needs them, a fine-tuned one would) agree too.
+  loss = lambda f: jax.grad(lambda a, b: jnp.sum(jnp.sin(f(a, b))), argnums=(0, 1))
+  for g, h in zip(loss(ours)(x, w), loss(lambda a, b: lax.conv_general_dilated(
+      a, b, *args, precision="highest", **kw))(x, w)):
+    np.testing.assert_allclose(g, h, rtol=1e-4, atol=1e-3)
+
+
+def test_small_map_conv_leaves_other_layouts_and_groups_to_lax():
+  from vqjax.ops.small_conv import small_map_conv
+  x = jnp.ones((1, 8, 4, 4))  # NCHW, lax's default
+  w = jnp.ones((8, 8, 3, 3))
+  plain = jax.jit(lambda a, b: small_map_conv(a, b, (1, 1), "SAME"))
+  assert "dot(" not in plain.lower(x, w).compile().as_text()
+  np.testing.assert_array_equal(plain(x, w), lax.conv_general_dilated(x, w, (1, 1), "SAME"))
+  grouped = jax.jit(lambda a, b: small_map_conv(a, b, (1, 1), "SAME", feature_group_count=2,
+                                                dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  x, w = jnp.ones((1, 4, 4, 8)), jnp.ones((3, 3, 4, 8))
+  assert "dot(" not in grouped.lower(x, w).compile().as_text()
+
+
+def test_small_map_conv_exported_with_a_symbolic_batch_chooses_at_run_time():
+  from jax import export as jax_export
+  from vqjax.ops.small_conv import small_map_conv
+  batch, = jax_export.symbolic_shape("batch")
+  kw = dict(dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  w = np.random.default_rng(0).standard_normal((3, 3, 4, 8), dtype=np.float32)
+  exported = jax_export.export(
+      jax.jit(lambda a: small_map_conv(a, w, (1, 1), ((1, 1), (1, 1)), **kw)),
+      platforms=("cpu", "cuda"))(jax.ShapeDtypeStruct((batch, 8, 8, 4), np.float32))
+  for n in (1, 4, 5, 9):  # 64 positions an image: 4 images are at the bound
+    x = np.random.default_rng(n).standard_normal((n, 8, 8, 4), dtype=np.float32)
+    np.testing.assert_allclose(
+        exported.call(x), lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
+                                                   precision="highest", **kw),
+        rtol=1e-5, atol=1e-4, err_msg=f"batch {n}")

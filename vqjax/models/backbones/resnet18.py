@@ -12,6 +12,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vqjax.ops.small_conv import small_map_conv
+
 Dtype = Any
 
 OUTPUTS = ("conv1", "layer1", "layer2", "layer3", "layer4", "avgpool")
@@ -25,7 +27,7 @@ def _conv(features: int, kernel: int, stride: int, module: nn.Module, name: str)
   pad = kernel // 2
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), use_bias=False, dtype=module.dtype,
-                 param_dtype=module.param_dtype, name=name)
+                 param_dtype=module.param_dtype, conv_general_dilated=small_map_conv, name=name)
 
 
 def _batch_norm(module: nn.Module, name: str) -> nn.BatchNorm:

@@ -11,6 +11,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vqjax.ops.small_conv import small_map_conv
+
 Dtype = Any
 
 # torchvision's configuration "D": conv output channels, "M" = max-pool.
@@ -56,7 +58,7 @@ class VGG16(nn.Module):
     for index, (kind, channels) in enumerate(FEATURES[:max(self.outputs) + 1]):
       if kind == "conv":
         h = nn.Conv(channels, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                    param_dtype=self.param_dtype,
+                    param_dtype=self.param_dtype, conv_general_dilated=small_map_conv,
                     name=f"Conv_{CONV_INDICES.index(index)}")(h)
       elif kind == "relu":
         h = nn.relu(h)
