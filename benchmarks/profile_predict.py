@@ -104,7 +104,7 @@ def profile_dtype(config, dtype: str, batch: int, calls: int, out_dir: pathlib.P
   size = config.data.image_size
   method = jax_cases.method_for(config, dtype, num_channels=3)
   variables = jax_cases.random_variables(method, (size, size, 3))
-  params = jax.device_put({k: variables[k] for k in ("params", "batch_stats")})
+  params = jax.device_put({k: variables[k] for k in jax_cases.VQVAE_COLLECTIONS})
   rng = np.random.default_rng(0)
   images = [jax.device_put(rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8))
             for _ in range(3)]
