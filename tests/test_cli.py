@@ -173,6 +173,19 @@ def test_cli_refuses_to_resume_a_workdir_with_other_model_settings(vq_smoke_run)
   assert outputs() == before
 
 
+@pytest.mark.parametrize("config_file", ["mvtec_vq.py:smoke", "mvtec_vq_resample.py:smoke",
+                                         "mvtec_favae.py:smoke", "mvtec_igd.py:smoke"])
+def test_every_method_resumes_its_own_workdir(tmp_path, config_file):
+  # An interrupted run resumes with the same config: no method may be refused by a key added
+  # for another method's older workdirs (IGD's resume was, by model.architecture).
+  from vqjax import experiment, report
+  from vqjax.config_defaults import load_config_file
+  config = load_config_file(str(REPO / "configs" / config_file)).to_dict()
+  (tmp_path / "checkpoints").mkdir()
+  report.write_json(tmp_path / "config.json", config)
+  experiment.check_workdir(tmp_path, config)
+
+
 def test_a_workdir_resumes_with_tuple_settings_and_keys_added_since(tmp_path):
   # config.json stores tuples as lists (eta_grid): the same config must still resume, and a
   # run written before the optimizer keys existed resumes as the plain Adam it was.

@@ -84,8 +84,11 @@ def check_workdir(workdir: pathlib.Path, config_dict: dict) -> None:
   if not saved_path.exists():
     return
   saved = _flatten(json.loads(saved_path.read_text()))
-  saved = {**{k: v for k, v in _ADDED_KEY_DEFAULTS.items() if k not in saved}, **saved}
   current = _flat_json(config_dict)
+  # A key added since: a run saved before it ran with its default. Only keys this config has
+  # (FAVAE and IGD have no model.architecture).
+  saved = {**{k: v for k, v in _ADDED_KEY_DEFAULTS.items() if k not in saved and k in current},
+           **saved}
   differ = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
   changed = [k for k in differ if not _resumable(k)]
   has_checkpoints = any(workdir.glob("**/checkpoints"))
