@@ -18,6 +18,7 @@ DEPLOY_MAPS = {
     "deploy": (("ssim", "abs"), ("ssim_am", "rel")),  # VQ-VAE SM and SSIM+AM
     "deploy_favae": (("favae", "rel"),),  # FAVAE's merged log-density map
     "deploy_igd": (("igd", "abs"),),  # IGD's Eq. 12 map, in [0, 1]
+    "deploy_resample": (("resample", "abs"),),  # latent resampling's map, 0..255 units
 }
 DEPLOY_PARTS = tuple(DEPLOY_MAPS)
 PARTS = ("inference", "train", "ssim", "favae", "igd", "igd_train", *DEPLOY_PARTS)
@@ -93,6 +94,7 @@ VARIANTS = {
     "deploy": _deploy_variants(""),
     "deploy_favae": _deploy_variants("FAVAE"),
     "deploy_igd": _deploy_variants("IGD"),
+    "deploy_resample": _deploy_variants("resampling"),
 }
 # --fp32-precision -> jax_default_matmul_precision (convs and dots without explicit precision)
 JAX_PRECISION = {"tf32": "tensorfloat32", "fp32": "float32"}

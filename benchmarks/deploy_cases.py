@@ -1,8 +1,9 @@
 """Deployment rows: the full anomaly-map pipeline on uint8 images, as a factory would run it.
 
 One part per method (`deploy`: VQ-VAE SSIM / SSIM+AM; `deploy_favae`: FAVAE's merged map;
-`deploy_igd`: IGD's Eq. 12 map). Every row takes the same uint8 images and returns the maps of
-the same weights (configurations.DEPLOY_MAPS names them):
+`deploy_igd`: IGD's Eq. 12 map; `deploy_resample`: latent resampling's Eq. 6 map, whose raster
+walk is a Python loop around three networks in every non-vqjax row, see ResamplingPipeline).
+Every row takes the same uint8 images and returns the maps of the same weights (configurations.DEPLOY_MAPS names them):
   vqjax jit fp32           `jax.jit(VQVAESSIM.predict)` on uint8 NHWC (scaled inside), NumPy in
                            and out like every other row;
   vqjax exported           the artifact `--mode=export` writes (jax.export, symbolic batch),
@@ -88,6 +89,102 @@ def igd_pipeline(model, config) -> ReferencePipeline:
       map_names("deploy_igd"))
 
 
+class _ResamplingEncode(torch.nn.Module):
+  """uint8 images [B,C,H,W] -> (codebook indices [B,h,w] int64, direct reconstruction)."""
+
+  def __init__(self, vqvae):
+    super().__init__()
+    self.vqvae = vqvae.eval()
+
+  def forward(self, images_u8):
+    from benchmarks.torch_reference import latent_resampling as tlr
+    indices = self.vqvae.quantize(self.vqvae.encoder(images_u8.float() / 255.0))[0]
+    return indices, tlr.decode_indices(self.vqvae, indices)
+
+
+class _ResamplingFinish(torch.nn.Module):
+  """(resampled indices, direct reconstruction) -> the bilateral-filtered Eq. 6 map."""
+
+  def __init__(self, vqvae, anomaly_cfg):
+    super().__init__()
+    self.vqvae, self.anomaly_cfg = vqvae.eval(), anomaly_cfg
+
+  def forward(self, restored, direct):
+    from benchmarks.torch_reference import latent_resampling as tlr
+    a = self.anomaly_cfg
+    distance = torch.sqrt(torch.sum((tlr.decode_indices(self.vqvae, restored) - direct) ** 2,
+                                    1)) * 255.0
+    return tlr.bilateral_filter(distance, diameter=a.bilateral_diameter,
+                                sigma_color=a.bilateral_sigma_color,
+                                sigma_space=a.bilateral_sigma_space)
+
+
+class ResamplingPipeline(torch.nn.Module):
+  """Latent resampling as a PyTorch deployment runs it: three networks (encode, the PixelSNAIL
+  prior, decode + maps) around the raster walk, a Python loop (`torch_reference.
+  latent_resampling.resample`). No single graph holds the data-dependent loop, so torch.compile
+  compiles the three networks and ONNX gets three files; ONNX Runtime and OpenVINO rows drive
+  the same walk from Python (`stages`)."""
+  map_names = ("resample",)
+
+  def __init__(self, vqvae, prior, anomaly_cfg, eta: float):
+    super().__init__()
+    self.encode, self.prior = _ResamplingEncode(vqvae), prior.eval()
+    self.finish = _ResamplingFinish(vqvae, anomaly_cfg)
+    self.anomaly_cfg, self.eta = anomaly_cfg, float(eta)
+
+  def forward(self, images_u8):
+    return self.run_stages(self.encode, self.prior, self.finish, images_u8)
+
+  def run_stages(self, encode, prior, finish, images_u8):
+    """The pipeline with any three callables on torch tensors in their places."""
+    from benchmarks.torch_reference import latent_resampling as tlr
+    indices, direct = encode(images_u8)
+    restored = tlr.resample(prior, indices, self.eta,
+                            local_constraint=self.anomaly_cfg.local_constraint,
+                            interior_only=self.anomaly_cfg.interior_only)
+    return (finish(restored, direct),)
+
+  def compiled(self, mode: str):
+    """The pipeline with its three networks under torch.compile (the walk stays Python)."""
+    encode, prior, finish = (torch.compile(m, mode=mode, dynamic=False)
+                             for m in (self.encode, self.prior, self.finish))
+    return lambda images_u8: self.run_stages(encode, prior, finish, images_u8)
+
+  def export_onnx(self, folder: pathlib.Path, image_size: int, num_channels: int) -> dict:
+    """encode.onnx, prior.onnx, finish.onnx (symbolic batch); {stage: path}."""
+    _require("onnx"), _require("onnxscript")
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    images = torch.zeros((2, num_channels, image_size, image_size), dtype=torch.uint8)
+    with torch.no_grad():
+      indices, direct = self.encode(images)
+    stages = {"encode": (self.encode, (images,), ["images"], ["indices", "direct"]),
+              "prior": (self.prior, (indices,), ["tables"], ["logits"]),
+              "finish": (self.finish, (indices, direct), ["restored", "direct"], ["resample"])}
+    paths = {}
+    for name, (module, args, inputs, outputs) in stages.items():
+      paths[name] = folder / f"{name}.onnx"
+      with torch.no_grad():
+        torch.onnx.export(module, args, str(paths[name]), dynamo=True, input_names=inputs,
+                          output_names=outputs, dynamic_shapes=tuple({0: batch} for _ in args),
+                          verbose=False)
+    return paths
+
+  def with_runtime(self, call: dict):
+    """The pipeline over runtime sessions: call[stage](*numpy arrays) -> list of numpy arrays."""
+    def stage(name):
+      return lambda *tensors: [torch.from_numpy(np.asarray(o)) for o in
+                               call[name](*(t.numpy() for t in tensors))]
+    encode, prior, finish = stage("encode"), stage("prior"), stage("finish")
+    return lambda images_u8: tuple(t.numpy() for t in self.run_stages(
+        lambda x: tuple(encode(x)), lambda t: prior(t)[0], lambda r, d: finish(r, d)[0],
+        torch.from_numpy(images_u8)))
+
+
+def resampling_pipeline(vqvae, prior, anomaly_cfg, eta) -> ResamplingPipeline:
+  return ResamplingPipeline(vqvae, prior, anomaly_cfg, eta)
+
+
 def _require(module: str):
   """Imports a deploy-bench package, or says which extra installs it."""
   import importlib
@@ -120,28 +217,43 @@ def _outputs_workload(run, batches, info) -> Workload:
                   close=batches.clear, info=lambda: dict(info))
 
 
-def onnxruntime_workload(onnx_path: pathlib.Path, host_batches_u8, threads: int,
-                         names: tuple[str, ...]) -> Workload:
+def onnxruntime_workload(onnx_path, host_batches_u8, threads: int,
+                         names: tuple[str, ...], pipeline=None) -> Workload:
+  """onnx_path: one file (the whole pipeline), or {stage: file} for a pipeline with
+  `with_runtime` (latent resampling), which then drives the sessions."""
   ort = _require("onnxruntime")
   options = ort.SessionOptions()
   options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
   options.intra_op_num_threads = threads  # 0 = ONNX Runtime's default (one per core)
   options.inter_op_num_threads = 1
+  paths = onnx_path if isinstance(onnx_path, dict) else {"pipeline": onnx_path}
   start = time.perf_counter()
-  session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+  sessions = {k: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
+              for k, p in paths.items()}
   build_s = time.perf_counter() - start
   batches = [nchw(b) for b in host_batches_u8]
-  name = session.get_inputs()[0].name
-  run = lambda i: session.run(list(names), {name: batches[i % len(batches)]})
-  info = {"onnxruntime_version": ort.__version__, "providers": session.get_providers(),
+  if isinstance(onnx_path, dict):
+    call = {k: (lambda *arrays, s=s: s.run(None, {i.name: a for i, a in
+                                                  zip(s.get_inputs(), arrays)}))
+            for k, s in sessions.items()}
+    walk = pipeline.with_runtime(call)
+    run = lambda i: walk(batches[i % len(batches)])
+  else:
+    session = sessions["pipeline"]
+    name = session.get_inputs()[0].name
+    run = lambda i: session.run(list(names), {name: batches[i % len(batches)]})
+  info = {"onnxruntime_version": ort.__version__,
+          "providers": next(iter(sessions.values())).get_providers(),
           "session_build_s": build_s,
           "intra_op_num_threads": threads, "graph_optimization_level": "ORT_ENABLE_ALL"}
   return _outputs_workload(run, batches, info)
 
 
-def openvino_workload(onnx_path: pathlib.Path, host_batches_u8, threads: int,
-                      precision_hint: str | None, names: tuple[str, ...]) -> Workload:
-  """precision_hint 'f32', or None for the CPU plugin's default."""
+def openvino_workload(onnx_path, host_batches_u8, threads: int,
+                      precision_hint: str | None, names: tuple[str, ...],
+                      pipeline=None) -> Workload:
+  """precision_hint 'f32', or None for the CPU plugin's default. onnx_path as for
+  onnxruntime_workload."""
   ov = _require("openvino")
   core = ov.Core()
   config = {"PERFORMANCE_HINT": "LATENCY"}  # one synchronous request, like every other row
@@ -149,21 +261,35 @@ def openvino_workload(onnx_path: pathlib.Path, host_batches_u8, threads: int,
     config["INFERENCE_NUM_THREADS"] = threads
   if precision_hint is not None:
     config["INFERENCE_PRECISION_HINT"] = precision_hint
+  paths = onnx_path if isinstance(onnx_path, dict) else {"pipeline": onnx_path}
   start = time.perf_counter()
-  compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
+  compiled = {k: core.compile_model(core.read_model(str(p)), "CPU", config)
+              for k, p in paths.items()}
   build_s = time.perf_counter() - start
-  request = compiled.create_infer_request()
+  requests = {k: c.create_infer_request() for k, c in compiled.items()}
   batches = [nchw(b) for b in host_batches_u8]
-  outputs = [compiled.output(n) for n in names]
+  if isinstance(onnx_path, dict):
+    def stage(k):
+      outputs = compiled[k].outputs
+      def call(*arrays):
+        result = requests[k].infer(dict(enumerate(arrays)))
+        return [result[o] for o in outputs]
+      return call
+    walk = pipeline.with_runtime({k: stage(k) for k in compiled})
+    run = lambda i: walk(batches[i % len(batches)])
+  else:
+    request = requests["pipeline"]
+    outputs = [compiled["pipeline"].output(n) for n in names]
 
-  def run(i):
-    result = request.infer({0: batches[i % len(batches)]})
-    return [result[o] for o in outputs]
+    def run(i):
+      result = request.infer({0: batches[i % len(batches)]})
+      return [result[o] for o in outputs]
 
-  precision = compiled.get_property("INFERENCE_PRECISION_HINT")
+  first = next(iter(compiled.values()))
+  precision = first.get_property("INFERENCE_PRECISION_HINT")
   info = {"openvino_version": ov.__version__, "session_build_s": build_s,
           "inference_precision": getattr(precision, "get_type_name", lambda: str(precision))(),
-          "inference_num_threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
+          "inference_num_threads": int(first.get_property("INFERENCE_NUM_THREADS")),
           "cpu_capabilities": list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))}
   return _outputs_workload(run, batches, info)
 
@@ -174,7 +300,8 @@ def torch_workload(variant: str, pipeline: ReferencePipeline, host_batches_u8,
   fn = pipeline
   if variant == "compile_fp32":
     torch._dynamo.reset()  # a fresh compile per configuration: its time is its own
-    fn = torch.compile(pipeline, mode=compile_mode, dynamic=False)
+    fn = (pipeline.compiled(compile_mode) if hasattr(pipeline, "compiled")
+          else torch.compile(pipeline, mode=compile_mode, dynamic=False))
   elif variant != "eager_fp32":
     raise ValueError(f"unknown torch deploy variant {variant!r}")
   batches = [torch_cases._to_torch(b, torch.device("cpu"), channels_last=False)
@@ -265,7 +392,13 @@ class DeployModels:
       path = self.folder / "reference.onnx"
       start = time.perf_counter()
       try:
-        self.onnx_info = export_onnx(self.pipeline, self.image_size, self.num_channels, path)
+        if hasattr(self.pipeline, "export_onnx"):  # several graphs around a Python loop
+          path = self.pipeline.export_onnx(self.folder, self.image_size, self.num_channels)
+          self.onnx_info = {"onnx_bytes": sum(p.stat().st_size for p in path.values()),
+                            "onnx_files": sorted(path),
+                            "onnx_exporter": "torch.onnx.export(dynamo=True)"}
+        else:
+          self.onnx_info = export_onnx(self.pipeline, self.image_size, self.num_channels, path)
       except Exception as e:  # noqa: BLE001 - recorded in each ONNX row
         self._onnx = e
         raise

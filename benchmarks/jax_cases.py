@@ -255,6 +255,35 @@ def igd_variables(method, seed: int = 0) -> dict:
   return {"params": params, "model_state": model_state, "gsvdd": gsvdd}
 
 
+RESAMPLING_COLLECTIONS = ("vqvae", "prior", "eta")
+
+
+def resampling_method(config, num_channels: int):
+  """The latent-resampling method of `config` (VQ-VAE + PixelSNAIL prior), float32."""
+  from vqjax.methods.latent_resampling import LatentResampling
+  return LatentResampling.from_config(config, num_channels=num_channels)
+
+
+def resampling_variables(method, image_shape, seed: int = 0,
+                         changed_fraction: float = 0.1) -> dict:
+  """Host variables for latent resampling's predict: the VQ-VAE's and the prior's filled by
+  `random_fill` (the prior's weight-norm scales, keyed "<layer>/kernel/scale", set to 1), and
+  an eta at the `changed_fraction` quantile of the present codes' probabilities on random
+  images, so that the walk changes a realistic share of the codes (a random prior gives every
+  code ~1/K: any eta above that would change almost all of them, one pass each)."""
+  vq = random_variables(method.vq, image_shape, seed)
+  images = np.random.default_rng(seed + 2).integers(0, 256, (8, *image_shape), np.uint8)
+  tables = method.vq.encode_indices(vq, images)
+  prior = random_fill(jax.eval_shape(method.prior.init, jax.random.key(0), tables), seed + 1)
+  prior = jax.tree_util.tree_map_with_path(
+      lambda path, x: np.ones_like(x) if path[-1].key.endswith("/scale") else x, prior)
+  logits = method.prior.logits(prior, tables)
+  probs = np.exp(np.take_along_axis(np.asarray(jax.nn.log_softmax(logits, -1)),
+                                    np.asarray(tables)[..., None], -1))
+  eta = np.float32(np.quantile(probs, changed_fraction))
+  return {"vqvae": vq, "prior": prior, "eta": eta}
+
+
 def igd_train(method, config, variables, host_batches_u8, device) -> Workload:
   """IGDMethod.main_program's step, jitted with the state donated: both scales' autoencoder
   and critic losses (Eq. 5-8), gradients, the two Adam updates (the E-step hook is not part

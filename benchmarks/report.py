@@ -168,7 +168,8 @@ def _deploy_facts(r: dict) -> str:
   return ", ".join(f"{k}={r[k]}" for k in keys if r.get(k) is not None) or "n/a"
 
 
-_MAP_LABELS = {"ssim": "SM", "ssim_am": "SSIM+AM", "favae": "FAVAE map", "igd": "IGD map"}
+_MAP_LABELS = {"ssim": "SM", "ssim_am": "SSIM+AM", "favae": "FAVAE map", "igd": "IGD map",
+               "resample": "resampling map (0..255)"}
 
 
 def deploy_table(results: list[dict], part: str = "deploy") -> list[str]:
@@ -282,9 +283,11 @@ def render(data: dict) -> str:
               "ratios n/a); the encoder trains too (no distilled encoder, which would be frozen)",
               f"- model: {data['settings'].get('igd_model')}", "", *igd_train_table(results)]
   deploy_titles = {"deploy": "SM and SSIM+AM maps", "deploy_favae": "FAVAE's merged map",
-                   "deploy_igd": "IGD's Eq. 12 map"}
+                   "deploy_igd": "IGD's Eq. 12 map",
+                   "deploy_resample": "latent resampling's Eq. 6 map (bilateral-filtered)"}
   for part in (p for p in DEPLOY_PARTS if p in parts):
-    model = {"deploy_favae": "favae_model", "deploy_igd": "igd_model"}.get(part)
+    model = {"deploy_favae": "favae_model", "deploy_igd": "igd_model",
+             "deploy_resample": "resample_model"}.get(part)
     lines += ["", f"## CPU deployment: uint8 images → {deploy_titles[part]}, same weights", "",
               "- rows: benchmarks/deploy_cases.py; p50 = median of the timed calls; *× best "
               "other row* = vqjax images/s over the fastest non-vqjax row at that batch; "

@@ -7,8 +7,8 @@
 Parts (--parts): `inference` = the full anomaly-map pipeline (model -> reconstruction ->
 SSIM and SSIM+AM maps), `train` = one optimiser step, `ssim` = the SSIM map alone, `favae` /
 `igd` = those methods' inference (configs/mvtec_favae.py, configs/mvtec_igd.py), `igd_train` =
-IGD's training step (vqjax only, no PyTorch twin), `deploy` / `deploy_favae` / `deploy_igd` =
-a method's full pipeline on uint8 images: vqjax jit and its exported artifact against PyTorch
+IGD's training step (vqjax only, no PyTorch twin), `deploy` / `deploy_favae` / `deploy_igd` /
+`deploy_resample` = a method's full pipeline on uint8 images: vqjax jit and its exported artifact against PyTorch
 eager / torch.compile fp32, ONNX Runtime and OpenVINO on the reference's ONNX export
 (`pip install -e ".[deploy-bench]"`; asked for by name). Every
 configuration is built, timed (benchmarks/harness.py) and freed before the next; results go

@@ -18,7 +18,7 @@ import torch
 from benchmarks import deploy_cases, environment, harness, jax_cases, report, torch_cases
 from benchmarks.configurations import (DEPLOY_PARTS, JAX_PRECISION, PARTS, PRESETS,
                                       TRAIN_PARTS, UINT8_PARTS, VARIANTS)
-from configs import mvtec_favae, mvtec_igd, mvtec_vq
+from configs import mvtec_favae, mvtec_igd, mvtec_vq, mvtec_vq_resample
 from vqjax.report import write_json, write_text
 
 NUM_CHANNELS = 3  # RGB, as MVTec-AD
@@ -107,6 +107,7 @@ class Bench:
     self.reference = {}  # part -> vqjax fp32 values on the first input batch
     self._favae = None  # built on first use: (methods, variables, torch models, image size)
     self._igd = None  # the same for IGD
+    self._resampling = None  # the same for latent resampling
     self._deploy = {}  # deploy part -> deploy_cases.DeployModels, built on first use
 
   def favae(self):
@@ -135,12 +136,36 @@ class Bench:
                        image_size=config.data.image_size, config=config)
     return self._igd
 
+  def resampling(self):
+    """Latent resampling's method, variables (eta from the random prior, see
+    jax_cases.resampling_variables) and torch twins (configs/mvtec_vq_resample.py)."""
+    if self._resampling is None:
+      from benchmarks.torch_reference import latent_resampling as tlr
+      from benchmarks.torch_reference.convert import load_flax_variables
+      from benchmarks.torch_reference.vqvae import VQVAE as TorchVQVAE
+      config = mvtec_vq_resample.get_config(self.s["config_preset"])
+      size = config.data.image_size
+      method = jax_cases.resampling_method(config, NUM_CHANNELS)
+      variables = jax_cases.resampling_variables(method, (size, size, NUM_CHANNELS),
+                                                 self.s["seed"])
+      vqvae = TorchVQVAE.from_config(config.model, NUM_CHANNELS)
+      load_flax_variables(vqvae, {k: variables["vqvae"][k] for k in jax_cases.VQVAE_COLLECTIONS})
+      prior = tlr.PixelSNAIL.from_config(config.prior, config.model.num_codes,
+                                         variables["prior"]["params"])
+      self._resampling = dict(method=method, variables=variables, vqvae=vqvae, prior=prior,
+                              image_size=size, config=config)
+    return self._resampling
+
   def deploy(self, part: str) -> deploy_cases.DeployModels:
     if part not in self._deploy:
       if part == "deploy":
         pipeline = deploy_cases.vqvae_pipeline(self.torch_model, self.config.anomaly)
       elif part == "deploy_favae":
         pipeline = deploy_cases.favae_pipeline(*self.favae()["models"])
+      elif part == "deploy_resample":
+        r = self.resampling()
+        pipeline = deploy_cases.resampling_pipeline(r["vqvae"], r["prior"], r["config"].anomaly,
+                                                    r["variables"]["eta"])
       else:
         pipeline = deploy_cases.igd_pipeline(self.igd()["model"], self.igd()["config"])
       self._deploy[part] = deploy_cases.DeployModels(pipeline, self.part_image_size(part),
@@ -154,6 +179,9 @@ class Bench:
     if part == "deploy_favae":
       f = self.favae()
       return f["methods"]["fp32"], f["config"], f["variables"], jax_cases.FAVAE_COLLECTIONS
+    if part == "deploy_resample":
+      r = self.resampling()
+      return r["method"], r["config"], r["variables"], jax_cases.RESAMPLING_COLLECTIONS
     g = self.igd()
     return g["methods"]["fp32"], g["config"], g["variables"], jax_cases.IGD_COLLECTIONS
 
@@ -175,13 +203,15 @@ class Bench:
     onnx_path = d.onnx_path()
     self.s[f"{part}_onnx"] = d.onnx_info  # exported once per run: recorded with the settings
     if variant == "onnxruntime_fp32":
-      return deploy_cases.onnxruntime_workload(onnx_path, inputs, threads, names)
+      return deploy_cases.onnxruntime_workload(onnx_path, inputs, threads, names, d.pipeline)
     hint = {"openvino_fp32": "f32", "openvino_default": None}[variant]
-    return deploy_cases.openvino_workload(onnx_path, inputs, threads, hint, names)
+    return deploy_cases.openvino_workload(onnx_path, inputs, threads, hint, names, d.pipeline)
 
   def part_image_size(self, part: str) -> int:
     if part in ("favae", "deploy_favae"):
       return self.favae()["image_size"]
+    if part == "deploy_resample":
+      return self.resampling()["image_size"]
     return (self.igd()["image_size"] if part in ("igd", "igd_train", "deploy_igd")
             else self.image_size)
 
@@ -344,6 +374,15 @@ def main(args: argparse.Namespace, argv: list[str], runtime: dict) -> dict:
            f"{list(g.model.local_decoder_widths)} on {g.model.local_size} px patches every "
            f"{g.model.local_stride} px, " if g.model.local else "no local model, ")
         + f"d_z {g.model.latent_dim}, images {g.data.image_size}x{g.data.image_size}x3")
+  if "deploy_resample" in settings["parts"]:
+    r = bench.resampling()
+    c = r["config"]
+    settings["resample_model"] = (
+        f"configs/mvtec_vq_resample.py:{settings['config_preset']} — VQ-VAE channels "
+        f"{c.model.channels}, M={c.model.num_codes}; PixelSNAIL channels {c.prior.channels}, "
+        f"{c.prior.num_blocks} blocks, {c.prior.num_heads} heads; images {c.data.image_size}x"
+        f"{c.data.image_size}x3; random weights, eta {float(r['variables']['eta']):.3g} (the "
+        "10% quantile of the present codes' probabilities: see jax_cases.resampling_variables)")
   log(f"benchmarks: preset {settings['preset']} on {device} ({bench.jax_device.device_kind}); "
       f"{settings['model']}")
   env = environment.collect(argv, bench.jax_device, torch_device, {

@@ -33,9 +33,9 @@ SMOKE_PARTS = ("inference", "train", "ssim")
 SLOW_PARTS = ("favae", "igd", "igd_train")
 
 
-def _smoke(out, parts):
+def _smoke(out, parts, batches="1,2"):
   command = [sys.executable, "-m", "benchmarks.run", "--preset", "smoke", "--device", "cpu",
-             "--batches", "1,2", "--train-batches", "2", "--repeats", "2", "--warmup", "1",
+             "--batches", batches, "--train-batches", "2", "--repeats", "2", "--warmup", "1",
              "--no-torch-compile", "--parts", ",".join(parts), "--out-dir", str(out)]
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -185,6 +185,23 @@ def test_favae_and_igd_deploy_rows_agree_with_vqjax_jit(tmp_path):
     assert rows[(part, "vqjax_fp32", 2)]["ratios"]["best_other"] is not None
   assert "FAVAE's merged map" in markdown and "IGD's Eq. 12 map" in markdown
   assert "max rel. \\|Δ FAVAE map\\| vs vqjax jit" in markdown
+
+
+def test_latent_resampling_deploy_rows_drive_the_walk_in_every_runtime(tmp_path):
+  """Latent resampling's rows: the torch twin (three networks around a Python raster walk),
+  its three ONNX graphs under ONNX Runtime (and OpenVINO) driven by the same walk, and the
+  exported vqjax artifact give vqjax jit's map (0..255 units) within float32 rounding."""
+  import importlib.util
+  data, markdown, _ = _smoke(tmp_path, ("deploy_resample",), batches="1")
+  rows = {r["variant"]: r for r in data["results"]}
+  variants = ["vqjax_exported", "torch_eager_fp32", "onnxruntime_fp32"] + (
+      ["openvino_fp32"] if importlib.util.find_spec("openvino") is not None else [])
+  for variant in variants:
+    assert rows[variant]["status"] == "ok", rows[variant].get("reason")
+    assert rows[variant]["agreement"]["max_abs_diff_resample"] < 1e-3  # measured <= 4.6e-5
+  assert data["settings"]["deploy_resample_onnx"]["onnx_files"] == ["encode", "finish", "prior"]
+  assert rows["vqjax_fp32"]["ratios"]["best_other"] is not None
+  assert "latent resampling's Eq. 6 map" in markdown and "eta" in data["settings"]["resample_model"]
 
 
 def test_markdown_tables_and_printed_last(smoke_run):

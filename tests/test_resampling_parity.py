@@ -24,11 +24,7 @@ def case():
   # A random prior spreads its probabilities near 1/K: eta around 1/K changes some codes.
   # 8x8 tables (32 px images): each walk is up to 64 passes of the prior.
   tables = np.random.default_rng(0).integers(0, config.model.num_codes, (2, 8, 8), np.int32)
-  prior = jax_cases.random_fill(jax.eval_shape(method.prior.init, jax.random.key(1),
-                                                jnp.asarray(tables)), seed=1)
-  # Weight-norm scales sit under keys like "Conv_0/kernel/scale", which random_fill zeroes.
-  prior = jax.tree_util.tree_map_with_path(
-      lambda path, x: np.ones_like(x) if path[-1].key.endswith("/scale") else x, prior)
+  prior = jax_cases.resampling_variables(method, (32, 32, 3), seed=1)["prior"]
   torch_prior = tlr.PixelSNAIL.from_config(config.prior, config.model.num_codes,
                                            prior["params"])
   return config, method, vq, prior, torch_prior, tables

@@ -175,40 +175,40 @@ def neighbour_min(probs: torch.Tensor) -> torch.Tensor:
 def resample(prior, tables: torch.Tensor, eta: float, *, local_constraint: bool = True,
              interior_only: bool = False) -> torch.Tensor:
   """Eq. 5 with the original table's constraint, the exact scheme of vqjax's `resample`: each
-  pass applies, per image, the first change at or after its cursor; an image is done when a
-  pass finds none. tables [N,H,W] int64 -> resampled tables."""
+  pass runs `prior` on every current table and applies, per image, the first change at or
+  after its cursor; an image is done when a pass finds none (finished images stay in the
+  batch, as vqjax's default: every pass has the same shapes). tables [N,H,W] int64 ->
+  resampled tables. `prior` is any callable tables -> logits [N,H,W,K] (a module, a compiled
+  module, an ONNX session)."""
   tables = tables.clone()
   num_images, height, width = tables.shape
   size = height * width
   positions = torch.arange(size)
   cursor = torch.zeros(num_images, dtype=torch.long)
   active = torch.ones(num_images, dtype=torch.bool)
-  original_constraint = None
   interior = torch.zeros((height, width), dtype=torch.bool)
   interior[1:-1, 1:-1] = True
+  original_constraint = None
   while bool(active.any()):
-    idx = torch.nonzero(active)[:, 0]
-    current = tables[idx]
-    log_probs = torch.log_softmax(prior(current), dim=-1)
-    probs = torch.exp(torch.gather(log_probs, -1, current[..., None]))[..., 0]
+    log_probs = torch.log_softmax(prior(tables), dim=-1)
+    probs = torch.exp(torch.gather(log_probs, -1, tables[..., None]))[..., 0]
     best = torch.argmax(log_probs, dim=-1)
-    if original_constraint is None:  # the first pass sees every original table
+    if original_constraint is None:  # the first pass sees the original tables
       original_constraint = neighbour_min(probs)
     changes = probs < eta
     if local_constraint:
-      changes = changes & (original_constraint[idx] < eta)
-    changes = changes & (best != current)
+      changes = changes & (original_constraint < eta)
+    changes = changes & (best != tables)
     if interior_only:
       changes = changes & interior
-    changes = changes.reshape(len(idx), size) & (positions[None] >= cursor[idx, None])
-    found = changes.any(-1)
+    changes = changes.reshape(num_images, size) & (positions[None] >= cursor[:, None])
+    found = changes.any(-1) & active
     first = torch.argmax(changes.to(torch.int8), -1)
-    rows = idx[found]
-    flat = tables.reshape(num_images, size)
-    flat[rows, first[found]] = best.reshape(len(idx), size)[found, first[found]]
-    cursor[rows] = first[found] + 1
-    active[idx[~found]] = False
-    active[rows[cursor[rows] >= size]] = False
+    rows = torch.nonzero(found)[:, 0]
+    flat = tables.view(num_images, size)
+    flat[rows, first[rows]] = best.reshape(num_images, size)[rows, first[rows]]
+    cursor[rows] = first[rows] + 1
+    active = found & (cursor < size)
   return tables
 
 
