@@ -6,10 +6,6 @@ test) skips torch.compile with --no-torch-compile (its CPU compile alone takes
 ~30 s per batch size); the results must then say 'skipped'.
 """
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -22,8 +18,8 @@ from benchmarks.harness import MemoryProbe, Workload, measure
 from benchmarks.torch_reference.convert import flatten_variables, parameter_mapping
 from benchmarks.torch_reference.train import make_train_step, vqvae_ssim_loss
 from configs import mvtec_vq
+from tests.bench_helpers import run_smoke_benchmark
 
-REPO = Path(__file__).resolve().parents[1]
 BATCHES = {"inference": [1, 2], "ssim": [1, 2], "train": [2], "favae": [1, 2], "igd": [1, 2],
            "igd_train": [2], "deploy": [1, 2]}
 # The default smoke run covers the harness on the VQ-VAE parts; FAVAE's and IGD's parts (their
@@ -33,21 +29,10 @@ SMOKE_PARTS = ("inference", "train", "ssim")
 SLOW_PARTS = ("favae", "igd", "igd_train")
 
 
-def _smoke(out, parts, batches="1,2"):
-  command = [sys.executable, "-m", "benchmarks.run", "--preset", "smoke", "--device", "cpu",
-             "--batches", batches, "--train-batches", "2", "--repeats", "2", "--warmup", "1",
-             "--no-torch-compile", "--parts", ",".join(parts), "--out-dir", str(out)]
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-  assert done.returncode == 0, done.stderr[-3000:]
-  data = json.loads((out / "smoke_cpu.json").read_text())
-  return data, (out / "smoke_cpu.md").read_text(), done.stdout
-
-
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
   """(JSON results, Markdown file text, stdout) of one smoke-preset run on the CPU."""
-  return _smoke(tmp_path_factory.mktemp("bench"), SMOKE_PARTS)
+  return run_smoke_benchmark(tmp_path_factory.mktemp("bench"), SMOKE_PARTS)
 
 
 def test_every_configuration_is_reported(smoke_run):
@@ -106,7 +91,7 @@ def test_agreement_with_vqjax_fp32(smoke_run):
 def test_favae_igd_and_igd_train_parts(tmp_path):
   """FAVAE and IGD inference against their torch twins; IGD's training step: JAX only, so no
   torch ratios, and the report says so."""
-  data, markdown, _ = _smoke(tmp_path, SLOW_PARTS)
+  data, markdown, _ = run_smoke_benchmark(tmp_path, SLOW_PARTS)
   got = {(r["part"], r["variant"], r["batch"]) for r in data["results"]}
   assert got == {(part, v[0], b) for part in SLOW_PARTS for v in VARIANTS[part]
                  for b in BATCHES[part]}
@@ -136,7 +121,7 @@ def test_deploy_rows_agree_and_compare_with_the_best_other_row(tmp_path):
   give the maps of vqjax's jit within float32 rounding; vqjax rows carry the ratio to the
   fastest other row."""
   import importlib.util
-  data, markdown, _ = _smoke(tmp_path, ("deploy",))
+  data, markdown, _ = run_smoke_benchmark(tmp_path, ("deploy",))
   rows = {(r["variant"], r["batch"]): r for r in data["results"]}
   assert set(rows) == {(v[0], b) for v in VARIANTS["deploy"] for b in (1, 2)}
   assert rows[("torch_compile_fp32", 1)]["status"] == "skipped"  # --no-torch-compile
@@ -170,7 +155,7 @@ def test_favae_and_igd_deploy_rows_agree_with_vqjax_jit(tmp_path):
   Gaussian log-densities, IGD's patches and MS-SSIM) give vqjax jit's maps within float32
   rounding, each part under its own heading."""
   import importlib.util
-  data, markdown, _ = _smoke(tmp_path, ("deploy_favae", "deploy_igd"))
+  data, markdown, _ = run_smoke_benchmark(tmp_path, ("deploy_favae", "deploy_igd"))
   rows = {(r["part"], r["variant"], r["batch"]): r for r in data["results"]}
   has_openvino = importlib.util.find_spec("openvino") is not None
   checks = {"deploy_favae": "max_rel_diff_favae", "deploy_igd": "max_abs_diff_igd"}
@@ -185,23 +170,6 @@ def test_favae_and_igd_deploy_rows_agree_with_vqjax_jit(tmp_path):
     assert rows[(part, "vqjax_fp32", 2)]["ratios"]["best_other"] is not None
   assert "FAVAE's merged map" in markdown and "IGD's Eq. 12 map" in markdown
   assert "max rel. \\|Δ FAVAE map\\| vs vqjax jit" in markdown
-
-
-def test_latent_resampling_deploy_rows_drive_the_walk_in_every_runtime(tmp_path):
-  """Latent resampling's rows: the torch twin (three networks around a Python raster walk),
-  its three ONNX graphs under ONNX Runtime (and OpenVINO) driven by the same walk, and the
-  exported vqjax artifact give vqjax jit's map (0..255 units) within float32 rounding."""
-  import importlib.util
-  data, markdown, _ = _smoke(tmp_path, ("deploy_resample",), batches="1")
-  rows = {r["variant"]: r for r in data["results"]}
-  variants = ["vqjax_exported", "torch_eager_fp32", "onnxruntime_fp32"] + (
-      ["openvino_fp32"] if importlib.util.find_spec("openvino") is not None else [])
-  for variant in variants:
-    assert rows[variant]["status"] == "ok", rows[variant].get("reason")
-    assert rows[variant]["agreement"]["max_abs_diff_resample"] < 1e-3  # measured <= 4.6e-5
-  assert data["settings"]["deploy_resample_onnx"]["onnx_files"] == ["encode", "finish", "prior"]
-  assert rows["vqjax_fp32"]["ratios"]["best_other"] is not None
-  assert "latent resampling's Eq. 6 map" in markdown and "eta" in data["settings"]["resample_model"]
 
 
 def test_markdown_tables_and_printed_last(smoke_run):

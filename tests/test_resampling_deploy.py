@@ -1,5 +1,6 @@
 """The PyTorch twin of latent resampling (benchmarks/torch_reference/latent_resampling.py, the
-deploy rows' reference) against vqjax: the prior's logits, the walk's codes and the maps."""
+deploy rows' reference) against vqjax: the prior's logits, the walk's codes and the maps; and
+the deploy rows built on it (`benchmarks.run --parts deploy_resample`)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +12,7 @@ from benchmarks.torch_reference import latent_resampling as tlr
 from benchmarks.torch_reference.convert import load_flax_variables
 from benchmarks.torch_reference.vqvae import VQVAE as TorchVQVAE
 from configs import mvtec_vq_resample
+from tests.bench_helpers import run_smoke_benchmark
 from vqjax.methods.latent_resampling import LatentResampling
 from vqjax.ops.bilateral import bilateral_filter
 from vqjax.ops.latent_resampling import resample
@@ -69,3 +71,20 @@ def test_resampling_maps_twin_equals_vqjax_predict(case):
     got = tlr.anomaly_maps(vqvae, torch_prior, x, config.anomaly, eta)["resample"].numpy()
   assert (np.asarray(want["resampled_indices"]) != np.asarray(want["indices"])).any()
   np.testing.assert_allclose(got, want["maps"]["resample"], rtol=0, atol=2e-2)  # 0..255 units
+
+
+def test_latent_resampling_deploy_rows_drive_the_walk_in_every_runtime(tmp_path):
+  """Latent resampling's rows: the torch twin (three networks around a Python raster walk),
+  its three ONNX graphs under ONNX Runtime (and OpenVINO) driven by the same walk, and the
+  exported vqjax artifact give vqjax jit's map (0..255 units) within float32 rounding."""
+  import importlib.util
+  data, markdown, _ = run_smoke_benchmark(tmp_path, ("deploy_resample",), batches="1")
+  rows = {r["variant"]: r for r in data["results"]}
+  variants = ["vqjax_exported", "torch_eager_fp32", "onnxruntime_fp32"] + (
+      ["openvino_fp32"] if importlib.util.find_spec("openvino") is not None else [])
+  for variant in variants:
+    assert rows[variant]["status"] == "ok", rows[variant].get("reason")
+    assert rows[variant]["agreement"]["max_abs_diff_resample"] < 1e-3  # measured <= 4.6e-5
+  assert data["settings"]["deploy_resample_onnx"]["onnx_files"] == ["encode", "finish", "prior"]
+  assert rows["vqjax_fp32"]["ratios"]["best_other"] is not None
+  assert "latent resampling's Eq. 6 map" in markdown and "eta" in data["settings"]["resample_model"]
