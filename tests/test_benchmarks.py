@@ -150,6 +150,7 @@ def test_deploy_rows_agree_and_compare_with_the_best_other_row(tmp_path):
   assert "## CPU deployment" in markdown and "× best other row" in markdown
 
 
+@pytest.mark.slow  # ONNX exports of both references; the deploy machinery stays tested
 def test_favae_and_igd_deploy_rows_agree_with_vqjax_jit(tmp_path):
   """FAVAE's and IGD's deployment rows (their torch references exported to ONNX: FAVAE's
   Gaussian log-densities, IGD's patches and MS-SSIM) give vqjax jit's maps within float32
