@@ -98,8 +98,7 @@ class _ResamplingEncode(torch.nn.Module):
 
   def forward(self, images_u8):
     from benchmarks.torch_reference import latent_resampling as tlr
-    indices = self.vqvae.quantize(self.vqvae.encoder(images_u8.float() / 255.0))[0]
-    return indices, tlr.decode_indices(self.vqvae, indices)
+    return tlr.encode(self.vqvae, images_u8.float() / 255.0)
 
 
 class _ResamplingFinish(torch.nn.Module):
@@ -111,12 +110,7 @@ class _ResamplingFinish(torch.nn.Module):
 
   def forward(self, restored, direct):
     from benchmarks.torch_reference import latent_resampling as tlr
-    a = self.anomaly_cfg
-    distance = torch.sqrt(torch.sum((tlr.decode_indices(self.vqvae, restored) - direct) ** 2,
-                                    1)) * 255.0
-    return tlr.bilateral_filter(distance, diameter=a.bilateral_diameter,
-                                sigma_color=a.bilateral_sigma_color,
-                                sigma_space=a.bilateral_sigma_space)
+    return tlr.residual_map(self.vqvae, restored, direct, self.anomaly_cfg)
 
 
 class ResamplingPipeline(torch.nn.Module):
@@ -124,7 +118,7 @@ class ResamplingPipeline(torch.nn.Module):
   prior, decode + maps) around the raster walk, a Python loop (`torch_reference.
   latent_resampling.resample`). No single graph holds the data-dependent loop, so torch.compile
   compiles the three networks and ONNX gets three files; ONNX Runtime and OpenVINO rows drive
-  the same walk from Python (`stages`)."""
+  the same walk from Python (`with_runtime`)."""
   map_names = ("resample",)
 
   def __init__(self, vqvae, prior, anomaly_cfg, eta: float):
@@ -179,10 +173,6 @@ class ResamplingPipeline(torch.nn.Module):
     return lambda images_u8: tuple(t.numpy() for t in self.run_stages(
         lambda x: tuple(encode(x)), lambda t: prior(t)[0], lambda r, d: finish(r, d)[0],
         torch.from_numpy(images_u8)))
-
-
-def resampling_pipeline(vqvae, prior, anomaly_cfg, eta) -> ResamplingPipeline:
-  return ResamplingPipeline(vqvae, prior, anomaly_cfg, eta)
 
 
 def _require(module: str):

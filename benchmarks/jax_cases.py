@@ -15,6 +15,7 @@ import numpy as np
 
 from benchmarks.harness import MemoryProbe, Workload
 from vqjax.methods.vqvae_ssim import VQVAESSIM
+from vqjax.ops.latent_resampling import code_probabilities
 from vqjax.ops.ssim import ssim_map
 from vqjax.optimizers import make_optimizer
 from vqjax.train import TrainState, make_train_step
@@ -57,11 +58,12 @@ def random_variables(method, image_shape, seed: int = 0) -> dict:
 
 def random_fill(shapes, seed: int = 0) -> dict:
   """A tree of ShapeDtypeStructs -> NumPy float32 values: kernels N(0, 1/fan_in), zero biases,
-  BatchNorm identity, codebook N(0, 1), vq_stats as initialised."""
+  BatchNorm and weight-norm scales 1, codebook N(0, 1), vq_stats as initialised."""
   rng = np.random.default_rng(seed)
 
   def fill(path, leaf):
-    name = path[-1].key
+    # flax's WeightNorm keys its scales by path: "Conv_0/kernel/scale".
+    name = path[-1].key.rpartition("/")[2]
     if name == "kernel":
       value = rng.standard_normal(leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))
     elif name == "codebook":
@@ -267,20 +269,15 @@ def resampling_method(config, num_channels: int):
 def resampling_variables(method, image_shape, seed: int = 0,
                          changed_fraction: float = 0.1) -> dict:
   """Host variables for latent resampling's predict: the VQ-VAE's and the prior's filled by
-  `random_fill` (the prior's weight-norm scales, keyed "<layer>/kernel/scale", set to 1), and
-  an eta at the `changed_fraction` quantile of the present codes' probabilities on random
+  `random_fill`, and an eta at the `changed_fraction` quantile of the present codes' probabilities on random
   images, so that the walk changes a realistic share of the codes (a random prior gives every
   code ~1/K: any eta above that would change almost all of them, one pass each)."""
   vq = random_variables(method.vq, image_shape, seed)
   images = np.random.default_rng(seed + 2).integers(0, 256, (8, *image_shape), np.uint8)
   tables = method.vq.encode_indices(vq, images)
   prior = random_fill(jax.eval_shape(method.prior.init, jax.random.key(0), tables), seed + 1)
-  prior = jax.tree_util.tree_map_with_path(
-      lambda path, x: np.ones_like(x) if path[-1].key.endswith("/scale") else x, prior)
-  logits = method.prior.logits(prior, tables)
-  probs = np.exp(np.take_along_axis(np.asarray(jax.nn.log_softmax(logits, -1)),
-                                    np.asarray(tables)[..., None], -1))
-  eta = np.float32(np.quantile(probs, changed_fraction))
+  probs, _ = code_probabilities(method.prior.logits(prior, tables), tables)
+  eta = np.float32(np.quantile(np.asarray(probs), changed_fraction))
   return {"vqvae": vq, "prior": prior, "eta": eta}
 
 

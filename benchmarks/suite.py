@@ -141,15 +141,12 @@ class Bench:
     jax_cases.resampling_variables) and torch twins (configs/mvtec_vq_resample.py)."""
     if self._resampling is None:
       from benchmarks.torch_reference import latent_resampling as tlr
-      from benchmarks.torch_reference.convert import load_flax_variables
-      from benchmarks.torch_reference.vqvae import VQVAE as TorchVQVAE
       config = mvtec_vq_resample.get_config(self.s["config_preset"])
       size = config.data.image_size
       method = jax_cases.resampling_method(config, NUM_CHANNELS)
       variables = jax_cases.resampling_variables(method, (size, size, NUM_CHANNELS),
                                                  self.s["seed"])
-      vqvae = TorchVQVAE.from_config(config.model, NUM_CHANNELS)
-      load_flax_variables(vqvae, {k: variables["vqvae"][k] for k in jax_cases.VQVAE_COLLECTIONS})
+      vqvae = torch_cases.base_model(config, variables["vqvae"], torch.device("cpu"))
       prior = tlr.PixelSNAIL.from_config(config.prior, config.model.num_codes,
                                          variables["prior"]["params"])
       self._resampling = dict(method=method, variables=variables, vqvae=vqvae, prior=prior,
@@ -164,8 +161,8 @@ class Bench:
         pipeline = deploy_cases.favae_pipeline(*self.favae()["models"])
       elif part == "deploy_resample":
         r = self.resampling()
-        pipeline = deploy_cases.resampling_pipeline(r["vqvae"], r["prior"], r["config"].anomaly,
-                                                    r["variables"]["eta"])
+        pipeline = deploy_cases.ResamplingPipeline(r["vqvae"], r["prior"], r["config"].anomaly,
+                                                   r["variables"]["eta"])
       else:
         pipeline = deploy_cases.igd_pipeline(self.igd()["model"], self.igd()["config"])
       self._deploy[part] = deploy_cases.DeployModels(pipeline, self.part_image_size(part),

@@ -7,10 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import jax_cases
+from benchmarks import jax_cases, torch_cases
 from benchmarks.torch_reference import latent_resampling as tlr
-from benchmarks.torch_reference.convert import load_flax_variables
-from benchmarks.torch_reference.vqvae import VQVAE as TorchVQVAE
 from configs import mvtec_vq_resample
 from tests.bench_helpers import run_smoke_benchmark
 from vqjax.methods.latent_resampling import LatentResampling
@@ -61,8 +59,7 @@ def test_bilateral_twin_equals_vqjax():
 def test_resampling_maps_twin_equals_vqjax_predict(case):
   config, method, vq, prior, torch_prior, _ = case
   size = 32
-  vqvae = TorchVQVAE.from_config(config.model, 3)
-  load_flax_variables(vqvae, {k: vq[k] for k in ("params", "batch_stats")}).eval()
+  vqvae = torch_cases.base_model(config, vq, torch.device("cpu")).eval()
   images = np.random.default_rng(4).integers(0, 256, (2, size, size, 3), np.uint8)
   eta = 0.0078
   want = jax.jit(method.predict)({"vqvae": vq, "prior": prior, "eta": jnp.float32(eta)}, images)

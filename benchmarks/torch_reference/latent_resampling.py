@@ -239,13 +239,24 @@ def decode_indices(vqvae, indices: torch.Tensor) -> torch.Tensor:
   return vqvae.decoder(z_q)
 
 
-def anomaly_maps(vqvae, prior, images, anomaly_cfg, eta: float) -> dict:
-  """images [B,C,H,W] in [0,1] -> {'resample': [B,H,W]} (Eq. 6, then the bilateral filter)."""
+def encode(vqvae, images) -> tuple[torch.Tensor, torch.Tensor]:
+  """images [B,C,H,W] in [0,1] -> (index tables [B,h,w], their direct reconstruction)."""
   indices = vqvae.quantize(vqvae.encoder(images))[0]
-  direct = decode_indices(vqvae, indices)
+  return indices, decode_indices(vqvae, indices)
+
+
+def residual_map(vqvae, restored, direct, anomaly_cfg) -> torch.Tensor:
+  """Eq. 6: the per-pixel L2 distance (0..255 units) between the resampled tables' decoding
+  and the direct reconstruction, bilateral-filtered -> [B,H,W]."""
+  distance = torch.sqrt(torch.sum((decode_indices(vqvae, restored) - direct) ** 2, 1)) * 255.0
+  return bilateral_filter(distance, diameter=anomaly_cfg.bilateral_diameter,
+                          sigma_color=anomaly_cfg.bilateral_sigma_color,
+                          sigma_space=anomaly_cfg.bilateral_sigma_space)
+
+
+def anomaly_maps(vqvae, prior, images, anomaly_cfg, eta: float) -> dict:
+  """images [B,C,H,W] in [0,1] -> {'resample': [B,H,W]}."""
+  indices, direct = encode(vqvae, images)
   restored = resample(prior, indices, eta, local_constraint=anomaly_cfg.local_constraint,
                       interior_only=anomaly_cfg.interior_only)
-  distance = torch.sqrt(torch.sum((decode_indices(vqvae, restored) - direct) ** 2, 1)) * 255.0
-  return {"resample": bilateral_filter(distance, diameter=anomaly_cfg.bilateral_diameter,
-                                       sigma_color=anomaly_cfg.bilateral_sigma_color,
-                                       sigma_space=anomaly_cfg.bilateral_sigma_space)}
+  return {"resample": residual_map(vqvae, restored, direct, anomaly_cfg)}
