@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
@@ -29,24 +27,13 @@ METHODS = ("vqvae_ssim", "favae", "igd")
 
 def method_and_variables(name: str, preset: str):
   """(vqjax method, host variables, image size) of configs/mvtec_<name>.py:<preset>, random
-  weights as the benchmark harness makes them."""
+  weights as the benchmark suite makes them."""
+  import importlib
   from benchmarks import jax_cases
-  if name == "vqvae_ssim":
-    from configs import mvtec_vq
-    config = mvtec_vq.get_config(preset)
-    method = jax_cases.method_for(config, "float32", 3)
-    size = config.data.image_size
-    return method, jax_cases.random_variables(method, (size, size, 3), 0), size
-  if name == "favae":
-    from configs import mvtec_favae
-    config = mvtec_favae.get_config(preset)
-    method = jax_cases.favae_method(config, "float32", 3)
-    size = config.data.image_size
-    return method, jax_cases.favae_variables(method, (size, size, 3), 0), size
-  from configs import mvtec_igd
-  config = mvtec_igd.get_config(preset)
-  method = jax_cases.igd_method(config, "float32", 3)
-  return method, jax_cases.igd_variables(method, 0), config.data.image_size
+  module = {"vqvae_ssim": "mvtec_vq", "favae": "mvtec_favae", "igd": "mvtec_igd"}[name]
+  config = importlib.import_module(f"configs.{module}").get_config(preset)
+  methods, variables = jax_cases.method_case(name, config, num_channels=3)
+  return methods["float32"], variables, config.data.image_size
 
 
 def conv_layers(method, variables, image_size: int, batch: int) -> list[dict]:
@@ -96,14 +83,11 @@ def _flops(layer) -> float:
 
 
 def _median_ms(fn, repeats: int) -> float:
-  for _ in range(3):
-    fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times) * 1e3
+  """harness.measure's steady-state median of a bare call (3 warm-up calls), in ms."""
+  from benchmarks import harness
+  workload = harness.Workload(run=lambda i: fn(), sync=lambda output: None,
+                              memory=harness.MemoryProbe())
+  return harness.measure(workload, warmup=2, repeats=repeats)["median_s"] * 1e3
 
 
 def _ort_session(layer, threads: int):

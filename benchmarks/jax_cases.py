@@ -257,6 +257,24 @@ def igd_variables(method, seed: int = 0) -> dict:
   return {"params": params, "model_state": model_state, "gsvdd": gsvdd}
 
 
+def method_case(name: str, config, num_channels: int, seed: int = 0,
+                dtypes: tuple[str, ...] = ("float32",)) -> tuple[dict, dict]:
+  """A benchmarked method of `config` ('vqvae_ssim' | 'favae' | 'igd'): {dtype: method} and one
+  set of host variables (random, as the method's *_variables makes them) shared by all dtypes
+  (parameters stay float32 whatever the compute dtype)."""
+  build = {"vqvae_ssim": method_for, "favae": favae_method, "igd": igd_method}[name]
+  methods = {dtype: build(config, dtype, num_channels) for dtype in dtypes}
+  method = methods[dtypes[0]]
+  image_shape = (config.data.image_size, config.data.image_size, num_channels)
+  if name == "favae":
+    variables = favae_variables(method, image_shape, seed)
+  elif name == "igd":
+    variables = igd_variables(method, seed)
+  else:
+    variables = random_variables(method, image_shape, seed)
+  return methods, variables
+
+
 RESAMPLING_COLLECTIONS = ("vqvae", "prior", "eta")
 
 

@@ -96,11 +96,8 @@ class Bench:
     self.image_size = self.config.data.image_size
     self.jax_device = jax_cases.select_device(settings["device"])
     self.torch_device = torch_cases.select_device(settings["device"])
-    self.methods = {p: jax_cases.method_for(self.config, dtype, NUM_CHANNELS)
-                    for p, dtype in (("fp32", "float32"), ("bf16", "bfloat16"))}
-    image_shape = (self.image_size, self.image_size, NUM_CHANNELS)
     # One set of weights for everyone: vqjax variables, copied into the torch model.
-    self.variables = jax_cases.random_variables(self.methods["fp32"], image_shape, settings["seed"])
+    self.methods, self.variables = self._method_case("vqvae_ssim", self.config)
     torch.manual_seed(settings["seed"])
     self.torch_model = torch_cases.base_model(self.config, self.variables, self.torch_device)
     self.compile_seconds = 0.0
@@ -110,27 +107,28 @@ class Bench:
     self._resampling = None  # the same for latent resampling
     self._deploy = {}  # deploy part -> deploy_cases.DeployModels, built on first use
 
+  def _method_case(self, name: str, config) -> tuple[dict, dict]:
+    """{'fp32' | 'bf16': method} and their shared random host variables."""
+    precisions = {"fp32": "float32", "bf16": "bfloat16"}
+    methods, variables = jax_cases.method_case(name, config, NUM_CHANNELS, self.s["seed"],
+                                               tuple(precisions.values()))
+    return {p: methods[dtype] for p, dtype in precisions.items()}, variables
+
   def favae(self):
     """FAVAE's methods, variables and torch twins (configs/mvtec_favae.py, same preset)."""
     if self._favae is None:
       config = mvtec_favae.get_config(self.s["config_preset"])
-      size = config.data.image_size
-      methods = {p: jax_cases.favae_method(config, dtype, NUM_CHANNELS)
-                 for p, dtype in (("fp32", "float32"), ("bf16", "bfloat16"))}
-      variables = jax_cases.favae_variables(methods["fp32"], (size, size, NUM_CHANNELS),
-                                            self.s["seed"])
+      methods, variables = self._method_case("favae", config)
       models = torch_cases.favae_models(methods["fp32"], variables, self.torch_device)
-      self._favae = dict(methods=methods, variables=variables, models=models, image_size=size,
-                         config=config)
+      self._favae = dict(methods=methods, variables=variables, models=models,
+                         image_size=config.data.image_size, config=config)
     return self._favae
 
   def igd(self):
     """IGD's methods, variables and torch twin (configs/mvtec_igd.py, same preset)."""
     if self._igd is None:
       config = mvtec_igd.get_config(self.s["config_preset"])
-      methods = {p: jax_cases.igd_method(config, dtype, NUM_CHANNELS)
-                 for p, dtype in (("fp32", "float32"), ("bf16", "bfloat16"))}
-      variables = jax_cases.igd_variables(methods["fp32"], self.s["seed"])
+      methods, variables = self._method_case("igd", config)
       model = torch_cases.igd_models(config, variables, self.torch_device)
       self._igd = dict(methods=methods, variables=variables, model=model,
                        image_size=config.data.image_size, config=config)
