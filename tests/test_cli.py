@@ -1,5 +1,6 @@
 """The command line end to end on small MVTec-layout folders it has never seen."""
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -45,9 +46,10 @@ def _write_rgb_mvtec(root: pathlib.Path, category="widget", size=40, seed=0, num
   return root
 
 
-def _run_cli(*args, cwd=REPO):
+def _run_cli(*args, cwd=REPO, env=None):
   return subprocess.run([sys.executable, "-m", "vqjax.main", "--config", "configs/mvtec_vq.py:smoke",
-                         *args], cwd=cwd, capture_output=True, text=True, timeout=900)
+                         *args], cwd=cwd, capture_output=True, text=True, timeout=900,
+                        env=None if env is None else {**os.environ, **env})
 
 
 def _skimage_ssim_anomaly_map(image, reconstruction):
@@ -87,14 +89,30 @@ def test_cli_runs_end_to_end_on_an_unseen_folder_and_writes_all_outputs(vq_smoke
   for variant in ("ssim", "ssim_am"):
     assert arrays[f"map_{variant}"].shape == (8, 32, 32)
     check_against_arrays(metrics[variant], arrays, variant, "max", min_area=4)
-  # A second invocation resumes (nothing to train) and rewrites the same metrics.
+  # A second invocation resumes (nothing to train) and rewrites the same metrics; its compiled
+  # programs go to the folder --compilation_cache names.
+  cache = workdir.parent / "xla_cache"
   again = _run_cli(f"--config.data.root={root}", "--config.data.category=widget",
                    f"--config.workdir={workdir}", "--config.data.image_size=32",
-                   "--config.anomaly.ssim_window_size=11", "--config.eval.batch_size=3")
+                   "--config.anomaly.ssim_window_size=11", "--config.eval.batch_size=3",
+                   f"--compilation_cache={cache}",
+                   env={"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"})
   assert again.returncode == 0, again.stderr[-3000:]
   assert "resuming from checkpoint step 6" in again.stderr
   metrics_again = json.loads((workdir / "metrics.json").read_text())
   assert metrics_again["ssim_am"] == metrics["ssim_am"]
+  assert any(cache.glob("jit_*"))
+
+
+def test_compilation_cache_folder(monkeypatch, tmp_path):
+  from vqjax.main import compilation_cache_dir
+  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+  monkeypatch.setenv("VQJAX_CACHE_DIR", str(tmp_path / "vqjax"))
+  assert compilation_cache_dir("default") == tmp_path / "vqjax" / "xla"
+  assert compilation_cache_dir("none") is None
+  assert compilation_cache_dir(str(tmp_path / "mine")) == tmp_path / "mine"
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax"))  # JAX's own variable
+  assert compilation_cache_dir("default") == tmp_path / "jax"
 
 
 @pytest.mark.slow  # greyscale runs end to end in the FAVAE and IGD CLI tests too

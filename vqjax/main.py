@@ -23,6 +23,7 @@ from ml_collections import config_flags
 
 from vqjax import config_checks, distributed, experiment
 from vqjax.config_defaults import load_config_file
+from vqjax.data.demo import default_cache_dir
 
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False,
@@ -54,6 +55,11 @@ _SET = flags.DEFINE_multi_string(
     "e.g. anomaly.ssim_window_size=5; repeatable.")
 _PLATFORMS = flags.DEFINE_list("platforms", ["cpu"],
                                "export: platforms the artifact runs on, e.g. cpu,cuda.")
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache", "default",
+    "Folder where compiled XLA programs are kept for later runs of the same programs (a rerun, "
+    "a resumed run, the next category of a sweep with the same image shapes, --mode=evaluate): "
+    "'default' = $JAX_COMPILATION_CACHE_DIR if set, else <vqjax cache dir>/xla; 'none' = off.")
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (e.g. configs/mvtec_vq.py or configs/mvtec_vq.py:paper).",
     lock_config=True)
@@ -218,6 +224,18 @@ def main(argv):
           "folder", 1)
 
 
+def compilation_cache_dir(setting: str) -> pathlib.Path | None:
+  """The folder --compilation_cache names: None for 'none'; for 'default',
+  $JAX_COMPILATION_CACHE_DIR if set, else <vqjax cache dir>/xla; else the path given."""
+  if setting == "none":
+    return None
+  if setting != "default":
+    return pathlib.Path(setting).expanduser()
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return pathlib.Path(os.environ["JAX_COMPILATION_CACHE_DIR"]).expanduser()
+  return default_cache_dir() / "xla"
+
+
 def _main():
   # Our progress messages at INFO; libraries (orbax, absl) only when something is wrong.
   absl_logging.set_verbosity(absl_logging.WARNING)
@@ -227,6 +245,11 @@ def _main():
   vqjax_logger.addHandler(handler)
   vqjax_logger.setLevel(logging.INFO)
   vqjax_logger.propagate = False
+  # JAX's persistent cache keeps programs that took >= 1 s to compile: on a CPU, IGD's training
+  # step compiles for minutes, and a sweep's next category with the same shapes reuses it.
+  cache_dir = compilation_cache_dir(_COMPILATION_CACHE.value)
+  if cache_dir is not None:
+    jax.config.update("jax_compilation_cache_dir", str(cache_dir))
   if _MODE.value != "train":
     if _DISTRIBUTED.value:
       raise app.UsageError(f"--mode={_MODE.value} runs in one process (all its local devices); "
