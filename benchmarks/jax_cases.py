@@ -287,9 +287,10 @@ def resampling_method(config, num_channels: int):
 def resampling_variables(method, image_shape, seed: int = 0,
                          changed_fraction: float = 0.1) -> dict:
   """Host variables for latent resampling's predict: the VQ-VAE's and the prior's filled by
-  `random_fill`, and an eta at the `changed_fraction` quantile of the present codes' probabilities on random
-  images, so that the walk changes a realistic share of the codes (a random prior gives every
-  code ~1/K: any eta above that would change almost all of them, one pass each)."""
+  `random_fill`, and an eta at the `changed_fraction` quantile of the present codes'
+  probabilities on random images, so that the walk changes a realistic share of the codes (a
+  random prior gives every code ~1/K: any eta above that would change almost all of them, one
+  pass each)."""
   vq = random_variables(method.vq, image_shape, seed)
   images = np.random.default_rng(seed + 2).integers(0, 256, (8, *image_shape), np.uint8)
   tables = method.vq.encode_indices(vq, images)
