@@ -197,6 +197,11 @@ def vqvae_resample_config() -> ml_collections.ConfigDict:
   config.anomaly.bilateral_diameter = 5  # paper: 20 at 256x256
   config.anomaly.bilateral_sigma_color = 75.0
   config.anomaly.bilateral_sigma_space = 75.0
+  # Wang's image-level metric is the accuracy at the threshold (Table 1), which the reduction
+  # does not change; for image AUROC the CPU default takes the map's mean: 0.583 vs 0.556 with
+  # the max over the nine demo categories (rule fixed before the run: switch at +0.01 or more;
+  # NOTES.md, 2026-12-02). The :paper preset keeps MVTec's max.
+  config.eval.image_score = "mean"
   return config
 
 
