@@ -237,7 +237,7 @@ def favae_config() -> ml_collections.ConfigDict:
   config.loss.learn_variance = True
 
   # At w = 32 most of a step on a CPU was the VGG16 forward pass (~0.6 GFLOP an image at 32 px);
-  # at w = 64 the VAE's share about doubles a step (~2 vs ~4 steps/s on 2 cores).
+  # at w = 64 the VAE's own convolutions about double a step's time (~2 vs ~4 steps/s, 2 cores).
   config.train.batch_size = 16
   config.train.num_steps = 600
   config.train.learning_rate = 3e-4
